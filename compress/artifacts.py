@@ -1,0 +1,167 @@
+"""Artifacts on disk: checkpoints, their JSON manifests, and atomic writes.
+
+Every artifact ``X.pt`` / ``X.onnx`` has a manifest ``X.json`` beside it that says what made it,
+from what, how to feed it (input spec, preprocessing, labels) and what has been measured of it.
+Stages talk to each other only through these files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import CompressError
+
+MANIFEST_FORMAT = "compress-manifest/1"
+CHECKPOINT_FORMAT = "compress-checkpoint/1"
+
+
+def manifest_path(artifact: str | Path) -> Path:
+    """``runs/student.pt`` -> ``runs/student.json``."""
+    return Path(artifact).with_suffix(".json")
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it into place only if the block succeeds.
+
+    A crash or Ctrl-C inside the block leaves no file under the final name and removes the
+    temporary one, so an earlier good artifact is never replaced by a half-written one.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual mode
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_manifest(artifact: str | Path, required: bool = False) -> dict[str, Any] | None:
+    """The manifest beside ``artifact``, or None when there is none (an error if ``required``)."""
+    path = manifest_path(artifact)
+    if not path.exists():
+        if required:
+            raise CompressError(f"{artifact} has no manifest ({path.name}); "
+                                "it must be an artifact written by compress")
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CompressError(f"manifest {path} is not valid JSON ({exc}); "
+                            "delete it or re-create the artifact") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise CompressError(f"{path} is not a compress manifest (expected format {MANIFEST_FORMAT})")
+    return manifest
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software that shape an artifact, recorded in every manifest."""
+    import numpy
+    import torch
+
+    from . import __version__
+
+    found = {"compress": __version__, "python": platform.python_version(),
+             "torch": torch.__version__, "numpy": numpy.__version__}
+    for name in ("onnx", "onnxruntime"):
+        try:
+            found[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return found
+
+
+def new_manifest(artifact: str | Path, stage: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The common head of every manifest; stages fill in the rest."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "artifact": Path(artifact).name,
+        "stage": stage,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "config": config,
+        "inputs": [],
+    }
+
+
+def input_record(role: str, path: str | Path) -> dict[str, Any]:
+    """An input of a stage: where it was and what it was (by hash)."""
+    return {"role": role, "path": str(Path(path).resolve()), "sha256": sha256_file(path)}
+
+
+def save_checkpoint(path: str | Path, checkpoint: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Write ``checkpoint`` (plain data and tensors only) and its manifest, each atomically.
+
+    The checkpoint goes first; the manifest records its hash, so a manifest that names a
+    different hash than the file beside it shows a torn pair.
+    """
+    import torch
+
+    checkpoint = {"format": CHECKPOINT_FORMAT, **checkpoint}
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+    manifest["sha256"] = sha256_file(path)
+    manifest["size_bytes"] = Path(path).stat().st_size
+    write_json(manifest_path(path), manifest)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a compress checkpoint safely (``weights_only=True``: nothing is unpickled as code)."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CompressError(f"checkpoint {path} does not exist; check the path")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CompressError(f"{path} is not a readable compress checkpoint ({first_line}); "
+                            "re-create it with `compress train` or `compress distill`") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CompressError(f"{path} is a torch file but not a compress checkpoint; "
+                            "for a TorchScript model save it with torch.jit.save and name it .pt/.ts")
+    return checkpoint
