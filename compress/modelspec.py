@@ -1,0 +1,228 @@
+"""Model specs: which factory builds a model, with which arguments, and what it looks like.
+
+A spec is a zoo name (``resnet8``), a file (``path/to/file.py:factory``) or a module
+(``package.module:factory``). A factory is called as ``factory(in_shape, num_classes, **args)``
+and returns an ``nn.Module`` mapping (N, *in_shape) floats to (N, num_classes) logits.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .errors import CompressError
+from .models import ZOO
+
+ZOO_HELP = (f"A model is a zoo name ({', '.join(ZOO)}), a file 'path/to/file.py:factory' or a "
+            "module 'package.module:factory'; the factory is called as "
+            "factory(in_shape, num_classes, **model_args) and returns a torch.nn.Module that "
+            "maps (N, *in_shape) inputs to (N, num_classes) logits.")
+
+_WORDS = {"true": True, "false": False, "none": None}
+
+
+def parse_model_args(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["hidden=1200,1200", "dropout=0.5"]`` -> ``{"hidden": [1200, 1200], "dropout": 0.5}``.
+
+    Values are Python literals (tuples become lists; true/false/none in any case are accepted);
+    anything else is kept as a string.
+    """
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise CompressError(f"model argument {pair!r} is not KEY=VALUE; "
+                                "write it like hidden=1200,1200 or dropout=0.5")
+        args[key.strip()] = _parse_value(text.strip())
+    return args
+
+
+def _parse_value(text: str) -> Any:
+    if text.lower() in _WORDS:
+        return _WORDS[text.lower()]
+    try:
+        return json.loads(json.dumps(ast.literal_eval(text)))  # tuples -> lists, JSON-able only
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return text
+
+
+def resolve_factory(spec: str) -> Callable[..., Any]:
+    """The factory a spec names (see the module docstring for the forms)."""
+    kind, target, name = _split(spec)
+    if kind == "zoo":
+        return ZOO[spec]
+    module = _load_file(Path(target)) if kind == "file" else _load_module(target)
+    where = f"{kind} {target}"
+    if not hasattr(module, name):
+        raise CompressError(f"{where} has no attribute '{name}'; "
+                            "check the factory name after ':' in the model spec")
+    factory = getattr(module, name)
+    if not callable(factory):
+        raise CompressError(f"'{name}' in {where} is a {type(factory).__name__}, not callable; "
+                            "name a function or class that builds a torch.nn.Module")
+    return factory
+
+
+def canonical_spec(spec: str) -> str:
+    """The spec to store in checkpoints: file paths made absolute, other forms unchanged."""
+    kind, target, name = _split(spec)
+    return f"{Path(target).expanduser().resolve()}:{name}" if kind == "file" else spec
+
+
+def _split(spec: str) -> tuple[str, str, str]:
+    """(kind, target, factory name), kind being "zoo", "file" or "module"."""
+    if spec in ZOO:
+        return "zoo", spec, spec
+    target, sep, name = spec.rpartition(":")
+    if not sep:
+        raise CompressError(f"unknown model '{spec}'; use a zoo name ({', '.join(ZOO)}), "
+                            "'path/to/file.py:factory' or 'package.module:factory'")
+    if not target or not name.isidentifier():
+        raise CompressError(f"model spec '{spec}' does not name a file or module and a factory; "
+                            "write it as 'path/to/file.py:factory' or 'package.module:factory'")
+    is_file = target.endswith(".py") or "/" in target or "\\" in target
+    return ("file" if is_file else "module"), target, name
+
+
+def _load_file(path: Path) -> ModuleType:
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise CompressError(f"model file {path} not found; check the path "
+                            f"(relative paths are taken from the current directory {Path.cwd()})")
+    name = "compress_user_model_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise CompressError(f"model file {path} cannot be loaded as Python; give a .py file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # lets dataclasses and pickling in the file find their module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise CompressError(f"model file {path} failed to import ({_first_line(exc)}); "
+                            "fix the error in that file") from exc
+    return module
+
+
+def _load_module(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:
+        raise CompressError(f"module '{name}' failed to import ({_first_line(exc)}); install it "
+                            "or put it on PYTHONPATH, or use the form path/to/file.py:factory"
+                            ) from exc
+
+
+def build_model(spec: str, in_shape: Sequence[int], num_classes: int,
+                model_args: dict[str, Any] | None = None) -> nn.Module:
+    """Build the model a spec names and check it maps (1, *in_shape) to (1, num_classes)."""
+    factory = resolve_factory(spec)
+    in_shape, args = tuple(in_shape), dict(model_args or {})
+    _check_args(spec, factory, args)
+    try:
+        model = factory(in_shape, num_classes, **args)
+    except CompressError:
+        raise
+    except Exception as exc:
+        raise CompressError(f"model '{spec}' could not be built for input shape {in_shape} and "
+                            f"{num_classes} classes with {args} ({_first_line(exc)}); "
+                            "check the model arguments") from exc
+    if not isinstance(model, nn.Module):
+        raise CompressError(f"model '{spec}' returned a {type(model).__name__}, not a "
+                            "torch.nn.Module; make the factory return the model")
+    out = _forward_zeros(model, in_shape, 1, f"model '{spec}'")
+    expected = (1, num_classes)
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if got != expected:
+        raise CompressError(f"model '{spec}' outputs {got} for an input of shape {(1, *in_shape)}, "
+                            f"expected {expected}; make it return logits of shape (N, num_classes)")
+    return model
+
+
+def _check_args(spec: str, factory: Callable[..., Any], args: dict[str, Any]) -> None:
+    """Refuse arguments the factory's signature does not take, naming the ones it does."""
+    try:
+        params = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):  # no signature to check against (e.g. some builtins)
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    takes = [p.name for p in params[2:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key in args:
+        if key not in takes:
+            listed = f"it takes: {', '.join(takes)}" if takes else "it takes no arguments"
+            raise CompressError(f"model '{spec}' does not accept argument '{key}' ({listed}); "
+                                "remove it or use one of those")
+
+
+def count_params(model: nn.Module) -> int:
+    """The number of parameters (each shared tensor counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def list_layers(model: nn.Module, in_shape: Sequence[int]) -> list[dict[str, Any]]:
+    """Named submodules in the order they are entered on a forward pass of zeros (2, *in_shape).
+
+    Each is ``{"name", "type", "output_shape", "params"}``: the output shape without the batch
+    dimension (None if the module did not run or returned no tensor) and its own parameter
+    count. Modules that did not run come last.
+    """
+    modules = {name: m for name, m in model.named_modules() if name}
+    entered: dict[str, int] = {}
+    shapes: dict[str, list[int]] = {}
+    handles = []
+    for name, module in modules.items():
+        handles.append(module.register_forward_pre_hook(
+            lambda m, args, name=name: _record_entry(entered, name)))
+        handles.append(module.register_forward_hook(
+            lambda m, args, out, name=name: _record_shape(shapes, name, out)))
+    try:
+        _forward_zeros(model, tuple(in_shape), 2, "the model")
+    finally:
+        for handle in handles:
+            handle.remove()
+    names = sorted(modules, key=lambda n: entered.get(n, len(modules)))
+    return [{"name": n, "type": type(modules[n]).__name__, "output_shape": shapes.get(n),
+             "params": sum(p.numel() for p in modules[n].parameters(recurse=False))}
+            for n in names]
+
+
+def _record_entry(entered: dict[str, int], name: str) -> None:
+    entered.setdefault(name, len(entered))
+
+
+def _record_shape(shapes: dict[str, list[int]], name: str, out: Any) -> None:
+    if isinstance(out, torch.Tensor) and name not in shapes:
+        shapes[name] = list(out.shape[1:])
+
+
+def _forward_zeros(model: nn.Module, in_shape: tuple[int, ...], batch: int, what: str) -> Any:
+    """Run ``model`` in eval mode without gradients on zeros (batch, *in_shape); restore modes."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(torch.zeros(batch, *in_shape))
+    except Exception as exc:
+        raise CompressError(f"{what} fails on a zeros input of shape {(batch, *in_shape)} "
+                            f"({_first_line(exc)}); check the input shape matches the model"
+                            ) from exc
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
