@@ -1,0 +1,195 @@
+"""The ``compress`` command line: one short command per stage, each a thin layer over a function.
+
+Errors a user can cause are a ``CompressError`` (or a Click usage error): one line on stderr,
+exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import CompressError
+
+DATA_HELP = ("digits (built in), mnist:DIR, fashion-mnist:DIR, npz:FILE (x_train, y_train, x_test, "
+             "y_test) or folder:DIR (train/ and test/ with one sub-folder per class)")
+MODEL_HELP = ("a zoo name (mlp, mlp-1200, cnn, resnet, resnet8, resnet14, resnet20), path/to/file.py:factory or "
+              "package.module:factory")
+
+
+def training_options(command):
+    """Options shared by ``train`` and ``distill`` (the fields of TrainConfig)."""
+    options = [
+        click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+                     help="Keyword argument for the model factory (repeatable), e.g. hidden=1200,1200."),
+        click.option("--data", default="digits", show_default=True, help=f"Dataset: {DATA_HELP}."),
+        click.option("--out", type=click.Path(dir_okay=False), help="Checkpoint to write (.pt); "
+                     "its manifest goes beside it (.json)."),
+        click.option("--epochs", default=10, show_default=True, type=int),
+        click.option("--batch-size", default=128, show_default=True, type=int),
+        click.option("--lr", default=3e-3, show_default=True, type=float, help="Peak learning rate."),
+        click.option("--optimizer", default="adamw", show_default=True, type=click.Choice(["adamw", "sgd"])),
+        click.option("--momentum", default=0.9, show_default=True, type=float, help="SGD momentum."),
+        click.option("--weight-decay", default=5e-4, show_default=True, type=float),
+        click.option("--schedule", default="onecycle", show_default=True,
+                     type=click.Choice(["onecycle", "cosine", "constant"])),
+        click.option("--label-smoothing", default=0.0, show_default=True, type=float),
+        click.option("--augment", default="none", show_default=True, type=click.Choice(["none", "shift"]),
+                     help="shift: random shifts of up to 2 px (1 px on images under 21 px)."),
+        click.option("--val-fraction", default=0.1, show_default=True, type=float,
+                     help="Part of the training split held out for validation."),
+        click.option("--split-seed", default=0, show_default=True, type=int,
+                     help="Seed of the train/validation split."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation and shuffling."),
+        click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+                     help="cuda trains with bf16 autocast."),
+        click.option("--resume", is_flag=True, help="Continue an interrupted run of the same --out."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _config_fields(kwargs: dict) -> dict:
+    from .modelspec import parse_model_args
+
+    if not kwargs.get("out"):
+        raise CompressError("no output given; pass --out PATH.pt")
+    kwargs["model_args"] = parse_model_args(kwargs["model_args"])
+    return kwargs
+
+
+def _print_result(manifest: dict, out: str, role: str) -> None:
+    from .artifacts import manifest_path
+
+    metrics = manifest["metrics"]
+    n_test = manifest["data"]["sizes"]["test"]
+    click.echo(f"{role}: test accuracy {100 * metrics['test_accuracy']:.2f}% "
+               f"({metrics['test_errors']} errors of {n_test}), {metrics['params']:,} params, "
+               f"{manifest['size_bytes'] / 1024:.1f} KiB, trained in {metrics['train_time_s']:.1f}s")
+    if metrics.get("teacher_test_accuracy") is not None:
+        click.echo(f"teacher: test accuracy {100 * metrics['teacher_test_accuracy']:.2f}%")
+    click.echo(f"wrote {out}")
+    click.echo(f"wrote {manifest_path(out)}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="compress")
+def cli():
+    """Distil a small student from a teacher, export it to ONNX, and measure it."""
+
+
+@cli.command()
+@click.option("--model", default="resnet8", show_default=True, help=f"Model: {MODEL_HELP}.")
+@training_options
+def train(**kwargs):
+    """Train a model (a teacher) on labelled data.
+
+    Keeps the weights that did best on the validation split and writes them with a manifest.
+
+    \b
+    Example:
+      compress train --model resnet8 --data mnist:data/mnist --epochs 10 --out runs/mnist/teacher.pt
+    """
+    from .train import TrainConfig, train as run_training
+
+    config = TrainConfig(**_config_fields(kwargs))
+    _print_result(run_training(config), config.out, "model")
+
+
+@cli.command()
+@click.option("--teacher", help="Teacher: a compress checkpoint (.pt), a TorchScript file, a "
+              "torch.export program (.pt2) or an ONNX model (.onnx, logits only).")
+@click.option("--student", "model", default="mlp", show_default=True, help=f"Student model: {MODEL_HELP}.")
+@click.option("--temperature", "-T", default=4.0, show_default=True, type=float,
+              help="Softmax temperature of the soft targets (lower for very small students).")
+@click.option("--alpha", default=0.9, show_default=True, type=float,
+              help="Weight of the teacher term; 1 - alpha goes to the hard labels.")
+@click.option("--loss", default="kl", show_default=True, type=click.Choice(["kl", "mse"]),
+              help="kl: soft-target KL scaled by T²; mse: MSE between logits.")
+@click.option("--hint", "hints", multiple=True, metavar="TEACHER_LAYER:STUDENT_LAYER",
+              help="FitNets hint: match an intermediate student layer to a teacher layer through a "
+              "learned projection (repeatable).")
+@click.option("--beta", default=1.0, show_default=True, type=float, help="Weight of each hint loss.")
+@click.option("--teacher-cache", default="auto", show_default=True,
+              type=click.Choice(["auto", "memory", "disk", "off"]),
+              help="Compute teacher outputs once and reuse them every epoch (not with --augment); "
+              "auto: in memory, or memory-mapped on disk when over 1 GiB.")
+@click.option("--list-layers", "list_layers_of", metavar="MODEL",
+              help="Print the layer names and output shapes of MODEL (a checkpoint or a model spec) "
+              "for choosing --hint, and exit.")
+@training_options
+def distill(list_layers_of, hints, **kwargs):
+    """Distil a teacher into a smaller student.
+
+    \b
+    Examples:
+      compress distill --teacher runs/mnist/teacher.pt --student mlp --data mnist:data/mnist \\
+                       --temperature 4 --alpha 0.9 --epochs 10 --out runs/mnist/student.pt
+      compress distill --teacher teacher.onnx --student my_models.py:tiny_cnn --data digits \\
+                       --out runs/digits/student.pt
+      compress distill --list-layers runs/mnist/teacher.pt
+    """
+    from .distill.trainer import DistillConfig, distill as run_distillation
+
+    if list_layers_of:
+        _list_layers(list_layers_of, kwargs["data"], kwargs["model_args"])
+        return
+    config = DistillConfig(hints=list(hints), **_config_fields(kwargs))
+    _print_result(run_distillation(config), config.out, "student")
+
+
+def _list_layers(model: str, data: str, model_args: tuple[str, ...]) -> None:
+    from .artifacts import load_checkpoint
+    from .data import load_dataset
+    from .modelspec import build_model, list_layers, parse_model_args
+
+    if model.endswith(".onnx"):
+        raise CompressError("an ONNX model is a black box to distillation (logits only); "
+                            "list the layers of its PyTorch checkpoint instead")
+    if Path(model).suffix == ".pt" and Path(model).is_file():
+        checkpoint = load_checkpoint(model)
+        in_shape = tuple(checkpoint["in_shape"])
+        module = build_model(checkpoint["model_spec"], in_shape, checkpoint["num_classes"],
+                             checkpoint["model_args"])
+    else:
+        dataset = load_dataset(data)
+        in_shape = dataset.in_shape
+        module = build_model(model, in_shape, dataset.num_classes, parse_model_args(model_args))
+    click.echo(f"{'layer':<32} {'type':<20} {'output shape':<20} params")
+    for layer in list_layers(module, in_shape):
+        shape = "-" if layer["output_shape"] is None else "x".join(map(str, layer["output_shape"]))
+        click.echo(f"{layer['name']:<32} {layer['type']:<20} {shape:<20} {layer['params']:,}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning user errors into one line and exit status 2."""
+    try:
+        cli.main(args=argv, prog_name="compress", standalone_mode=False)
+    except CompressError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help())
+        sys.exit(0)
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished epochs are kept; run the same command with --resume to "
+                   "continue", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Teachers: anything that turns a batch of preprocessed inputs into logits.
+
+* a checkpoint written by compress (rebuilt from its model spec; intermediate layers reachable
+  by name, so it can give FitNets hints),
+* a TorchScript file (``torch.jit.save``) or a ``torch.export`` program (``.pt2``),
+* an ONNX model run through ONNX Runtime: a black box that gives logits only.
+
+``TeacherOutputs`` caches what the teacher says about every training sample, so that
+distillation without random augmentation runs the teacher once instead of once per epoch.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..artifacts import load_checkpoint, read_manifest
+from ..errors import CompressError
+from ..modelspec import build_model
+
+# Caches larger than this go to a memory-mapped file on disk instead of RAM (``cache="auto"``).
+MEMORY_CACHE_LIMIT_BYTES = 1 << 30
+
+
+@dataclass
+class Teacher:
+    """A frozen model in eval mode plus what its manifest says about its inputs."""
+
+    path: Path
+    kind: str                                  # "checkpoint" | "torchscript" | "exported" | "onnx"
+    module: torch.nn.Module | None = None      # None for ONNX teachers
+    onnx_session: Any = None
+    in_shape: tuple | None = None              # per-sample shape, when known
+    num_classes: int | None = None
+    manifest: dict | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def preprocessing(self) -> dict | None:
+        return (self.manifest or {}).get("preprocessing")
+
+    @property
+    def supports_hints(self) -> bool:
+        return self.kind == "checkpoint"
+
+    def layer_names(self) -> list[str]:
+        return [name for name, _ in self.module.named_modules() if name] if self.module else []
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, hint_layers: tuple[str, ...] = ()
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits for ``x`` and the outputs of ``hint_layers``, all float32 on ``x.device``."""
+        if self.onnx_session is not None:
+            return self._run_onnx(x), {}
+        features: dict[str, torch.Tensor] = {}
+        with capture_outputs(self.module, hint_layers, features):
+            logits = self.module(x.to(self.device))
+        return logits.float().to(x.device), {k: v.float().to(x.device) for k, v in features.items()}
+
+    def _run_onnx(self, x: torch.Tensor) -> torch.Tensor:
+        session_input = self.onnx_session.get_inputs()[0]
+        fixed_batch = session_input.shape[0] if isinstance(session_input.shape[0], int) else None
+        batch = x.detach().float().cpu().numpy()
+        if fixed_batch is None or fixed_batch == len(batch):
+            out = self.onnx_session.run(None, {session_input.name: batch})[0]
+        else:  # a model exported with a fixed batch size: feed it chunks of that size
+            pieces = []
+            for start in range(0, len(batch), fixed_batch):
+                chunk = batch[start:start + fixed_batch]
+                padded = np.concatenate([chunk, np.zeros((fixed_batch - len(chunk),) + chunk.shape[1:],
+                                                         chunk.dtype)])
+                pieces.append(self.onnx_session.run(None, {session_input.name: padded})[0][:len(chunk)])
+            out = np.concatenate(pieces)
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(x.device)
+
+
+class capture_outputs:
+    """Context manager: forward hooks that store the outputs of the named modules in ``store``."""
+
+    def __init__(self, model: torch.nn.Module, names: tuple[str, ...], store: dict):
+        modules = dict(model.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise CompressError(f"layer {missing[0]!r} not found in {type(model).__name__}; "
+                                "list the layer names with `compress distill --list-layers MODEL`")
+        self._targets = [(n, modules[n]) for n in names]
+        self._store = store
+        self._handles: list = []
+
+    def __enter__(self):
+        for name, module in self._targets:
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+        return self._store
+
+    def _hook(self, name):
+        def store_output(_module, _inputs, output):
+            if not isinstance(output, torch.Tensor):
+                raise CompressError(f"layer {name!r} does not return a single tensor; "
+                                    "choose another layer for the hint")
+            self._store[name] = output
+        return store_output
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        return False
+
+
+def load_teacher(path: str | Path, device: torch.device) -> Teacher:
+    """Load a teacher from a compress checkpoint, a TorchScript/torch.export file or ONNX."""
+    path = Path(path)
+    if not path.is_file():
+        raise CompressError(f"teacher {path} does not exist; give a .pt checkpoint, "
+                            "a TorchScript file or an .onnx model")
+    manifest = read_manifest(path)
+    if path.suffix == ".onnx":
+        return _load_onnx_teacher(path, manifest, device)
+    if path.suffix == ".pt2":
+        return _load_exported_teacher(path, manifest, device)
+    if _is_torchscript(path):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(path), map_location=device)
+        except (RuntimeError, ValueError) as exc:
+            raise CompressError(f"teacher {path} is not a readable TorchScript file "
+                                f"({str(exc).strip().splitlines()[0]}); re-save it with torch.jit.save") from None
+        return Teacher(path, "torchscript", module=module.eval(), manifest=manifest, device=device)
+    checkpoint = load_checkpoint(path)
+    module = build_model(checkpoint["model_spec"], tuple(checkpoint["in_shape"]),
+                         checkpoint["num_classes"], checkpoint["model_args"])
+    module.load_state_dict(checkpoint["state_dict"])
+    return Teacher(path, "checkpoint", module=module.to(device).eval(),
+                   in_shape=tuple(checkpoint["in_shape"]),
+                   num_classes=checkpoint["num_classes"], manifest=manifest, device=device)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are torch zip files that carry code; checkpoints carry only data."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def _load_exported_teacher(path: Path, manifest: dict | None, device: torch.device) -> Teacher:
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # torch.export raises many types for a bad archive
+        raise CompressError(f"teacher {path} is not a readable torch.export program "
+                            f"({str(exc).strip().splitlines()[0]}); re-save it with torch.export.save") from None
+    return Teacher(path, "exported", module=program.module().to(device), manifest=manifest, device=device)
+
+
+def _load_onnx_teacher(path: Path, manifest: dict | None, device: torch.device) -> Teacher:
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        session = ort.InferenceSession(str(path), providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types for bad models
+        raise CompressError(f"teacher {path} is not a valid ONNX model "
+                            f"({str(exc).strip().splitlines()[0][:200]}); re-export it") from None
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1:
+        raise CompressError(f"ONNX teacher {path} has {len(inputs)} inputs; "
+                            "a classifier teacher must take one input tensor")
+    dims = inputs[0].shape[1:]
+    in_shape = tuple(dims) if all(isinstance(d, int) for d in dims) else None
+    last = outputs[0].shape[-1] if outputs[0].shape else None
+    return Teacher(path, "onnx", onnx_session=session, in_shape=in_shape,
+                   num_classes=last if isinstance(last, int) else None,
+                   manifest=manifest, device=device)
+
+
+class TeacherOutputs:
+    """What the teacher says about the training set, computed once, read by sample index.
+
+    Kept in memory, or in ``.npy`` files memory-mapped from ``cache_dir`` when large. Files are
+    written under a temporary name and renamed when complete, so an interrupted run reuses only
+    finished caches.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], cache_dir: Path | None):
+        self.arrays = arrays
+        self.cache_dir = cache_dir
+
+    @classmethod
+    def compute(cls, teacher: Teacher, x_train: torch.Tensor, hint_layers: tuple[str, ...],
+                mode: str, cache_dir: Path, key: str, batch_size: int = 512) -> "TeacherOutputs":
+        probe_logits, probe_features = teacher(x_train[:2], hint_layers)
+        shapes = {"logits": probe_logits.shape[1:], **{n: f.shape[1:] for n, f in probe_features.items()}}
+        total = sum(int(np.prod(s)) for s in shapes.values()) * 4 * len(x_train)
+        if mode == "auto":
+            mode = "memory" if total <= MEMORY_CACHE_LIMIT_BYTES else "disk"
+        directory = cache_dir / key if mode == "disk" else None
+        if directory is not None and (directory / "complete").exists():
+            return cls({n: np.load(directory / f"{i}.npy", mmap_mode="r")
+                        for i, n in enumerate(shapes)}, cache_dir)
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True)
+            arrays = {n: np.lib.format.open_memmap(directory / f"{i}.npy", mode="w+", dtype=np.float32,
+                                                   shape=(len(x_train), *s))
+                      for i, (n, s) in enumerate(shapes.items())}
+        else:
+            arrays = {n: np.empty((len(x_train), *s), np.float32) for n, s in shapes.items()}
+        for start in range(0, len(x_train), batch_size):
+            logits, features = teacher(x_train[start:start + batch_size], hint_layers)
+            arrays["logits"][start:start + len(logits)] = logits.cpu().numpy()
+            for name, value in features.items():
+                arrays[name][start:start + len(value)] = value.cpu().numpy()
+        if directory is not None:
+            for array in arrays.values():
+                array.flush()
+            (directory / "complete").touch()
+        return cls(arrays, cache_dir if directory is not None else None)
+
+    def lookup(self, indices: torch.Tensor, device: torch.device
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        idx = indices.cpu().numpy()
+        taken = {n: torch.from_numpy(np.ascontiguousarray(a[idx])).to(device) for n, a in self.arrays.items()}
+        return taken.pop("logits"), taken
+
+    def remove_files(self) -> None:
+        """Delete the on-disk cache (once the run that needed it has finished)."""
+        if self.cache_dir is not None:
+            self.arrays.clear()
+            shutil.rmtree(self.cache_dir, ignore_errors=True)

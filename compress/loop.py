@@ -1,0 +1,308 @@
+"""The epoch loop shared by ``compress train`` and ``compress distill``.
+
+What it owns: optimiser and schedule, deterministic shuffling and augmentation, validation every
+epoch, the best-on-validation weights, a resume state written after every epoch (so Ctrl-C or a
+crash loses at most the current epoch), the non-finite-loss check, and the final checkpoint with
+its manifest. What is trained *towards* is the objective's business (plain labels or a teacher).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from .artifacts import atomic_path, input_record, new_manifest, save_checkpoint
+from .data import Dataset
+from .errors import CompressError
+from .modelspec import canonical_spec, count_params
+from .progress import log, step_bar
+
+RESUME_FORMAT = "compress-resume/1"
+# Config fields that may differ between an interrupted run and its resumption.
+RESUME_FREE_FIELDS = {"resume", "device"}
+
+
+class Objective(Protocol):
+    """What a model is trained towards."""
+
+    def prepare(self, x_train: torch.Tensor) -> None: ...
+    def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+             indices: torch.Tensor, augmented: bool) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def parameters(self) -> list[torch.nn.Parameter]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+    def inputs(self) -> list[tuple[str, Path]]: ...       # (role, path) of files it read, for the manifest
+    def metrics(self) -> dict[str, Any]: ...              # extra figures for the manifest
+    def finish(self) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CompressError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; "
+                            "use --device cpu (or auto)")
+    if name not in ("cpu", "cuda"):
+        raise CompressError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def resume_path(out: str | Path) -> Path:
+    """Where the state of an unfinished run of ``out`` is kept: ``runs/student.pt`` -> ``runs/student.resume.pt``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".resume.pt")
+
+
+@torch.no_grad()
+def accuracy(predict, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    """Top-1 accuracy (fraction) of ``predict`` (a module, run in eval mode, or any callable)."""
+    if len(x) == 0:
+        return float("nan")
+    module = predict if isinstance(predict, torch.nn.Module) else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        logits = predict(x[start:start + batch_size])
+        correct += (logits.argmax(1) == y[start:start + batch_size]).sum().item()
+    if module is not None:
+        module.train(was_training)
+    return correct / len(x)
+
+
+def random_shift(x: torch.Tensor, max_shift: int, fill: torch.Tensor,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to ``max_shift`` pixels in x and y, filling with ``fill`` (per channel)."""
+    n, c, h, w = x.shape
+    padded = fill.view(1, c, 1, 1).expand(n, c, h + 2 * max_shift, w + 2 * max_shift).clone()
+    padded[:, :, max_shift:max_shift + h, max_shift:max_shift + w] = x
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]
+
+
+def make_optimizer(config, parameters) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    raise CompressError(f"unknown optimizer {config.optimizer!r}; use adamw or sgd")
+
+
+def make_schedule(config, optimizer, total_steps: int):
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if config.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+    raise CompressError(f"unknown schedule {config.schedule!r}; use onecycle, cosine or constant")
+
+
+def check_config(config) -> None:
+    """Refuse settings that cannot work before any data is loaded."""
+    problems = [
+        (config.epochs < 1, f"--epochs must be at least 1 (got {config.epochs})"),
+        (config.batch_size < 1, f"--batch-size must be at least 1 (got {config.batch_size})"),
+        (not config.lr > 0, f"--lr must be positive (got {config.lr})"),
+        (config.weight_decay < 0, f"--weight-decay must be >= 0 (got {config.weight_decay})"),
+        (not 0 <= config.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {config.label_smoothing})"),
+        (config.augment not in ("none", "shift"), f"unknown --augment {config.augment!r}; use none or shift"),
+        (not str(config.out).endswith(".pt"), f"--out must name a .pt file (got {config.out})"),
+    ]
+    for failed, message in problems:
+        if failed:
+            raise CompressError(message)
+
+
+class Fit:
+    """One training run: construct, then ``run()``; the best weights end up at ``config.out``."""
+
+    def __init__(self, config, stage: str, dataset: Dataset, model: torch.nn.Module,
+                 objective: Objective, device: torch.device):
+        self.config, self.stage, self.dataset, self.objective = config, stage, dataset, objective
+        self.device = device
+        self.model = model.to(device)
+        self.autocast = device.type == "cuda"  # bf16 autocast on GPUs; CPU stays fp32 (deterministic)
+        self.x_train = torch.from_numpy(dataset.x_train).to(device)
+        self.y_train = torch.from_numpy(dataset.y_train).to(device)
+        self.x_val = torch.from_numpy(dataset.x_val).to(device)
+        self.y_val = torch.from_numpy(dataset.y_val).to(device)
+        self.steps_per_epoch = math.ceil(len(self.x_train) / config.batch_size)
+        self.optimizer = make_optimizer(config, list(self.model.parameters()) + objective.parameters())
+        self.schedule = make_schedule(config, self.optimizer, config.epochs * self.steps_per_epoch)
+        self.max_shift = 0
+        if config.augment == "shift":
+            if len(dataset.in_shape) != 3:
+                raise CompressError("--augment shift needs image data (C,H,W); use --augment none "
+                                    "for feature vectors")
+            self.max_shift = max(1, round(min(dataset.in_shape[1:]) / 14))  # ±2 px on 28x28, ±1 on 8x8
+            prep = dataset.preprocessing
+            # background = a raw 0 pixel after normalisation
+            self.fill = torch.tensor([-m / s for m, s in zip(prep.mean, prep.std)],
+                                     dtype=torch.float32, device=device)
+        self.epoch = 0
+        self.best_val = -1.0
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, Any]] = []
+
+    # -- resume ----------------------------------------------------------------------------
+    def _config_dict(self) -> dict:
+        return dataclasses.asdict(self.config)
+
+    def save_resume_state(self) -> None:
+        state = {
+            "format": RESUME_FORMAT, "config": self._config_dict(), "epoch": self.epoch,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(), "objective": self.objective.state_dict(),
+            "best_val": self.best_val, "best_epoch": self.best_epoch, "best_state": self.best_state,
+            "history": self.history, "torch_rng": torch.get_rng_state(),
+        }
+        with atomic_path(resume_path(self.config.out)) as tmp:
+            torch.save(state, tmp)
+
+    def load_resume_state(self) -> None:
+        path = resume_path(self.config.out)
+        if not path.exists():
+            raise CompressError(f"nothing to resume: {path} does not exist; run without --resume")
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:  # torch raises several types for a damaged file
+            raise CompressError(f"resume state {path} is unreadable ({type(exc).__name__}); "
+                                "delete it and run without --resume") from None
+        if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+            raise CompressError(f"{path} is not a compress resume state; delete it and run without --resume")
+        saved, now = state["config"], self._config_dict()
+        changed = sorted(k for k in set(saved) | set(now)
+                         if k not in RESUME_FREE_FIELDS and saved.get(k) != now.get(k))
+        if changed:
+            raise CompressError(f"cannot resume: settings differ from the interrupted run ({', '.join(changed)}); "
+                                f"use the same settings, or delete {path} to start afresh")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.objective.load_state_dict(state["objective"])
+        self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val"], state["best_epoch"]
+        self.best_state, self.history = state["best_state"], state["history"]
+        torch.set_rng_state(state["torch_rng"].cpu())
+        log(f"resuming {self.config.out} after epoch {self.epoch}/{self.config.epochs}")
+
+    # -- training --------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train, keep the best-on-validation weights, write the checkpoint; returns its manifest."""
+        torch.manual_seed(self.config.seed)
+        pending = resume_path(self.config.out)
+        if self.config.resume:
+            self.load_resume_state()
+        elif pending.exists():
+            raise CompressError(f"an interrupted run of {self.config.out} exists ({pending}); "
+                                "pass --resume to continue it, or delete that file to start afresh")
+        started = time.perf_counter()
+        self.objective.prepare(self.x_train)
+        preparation = time.perf_counter() - started
+        while self.epoch < self.config.epochs:
+            self._train_one_epoch()
+            self.save_resume_state()
+        # Epochs run before an interruption count too: their times are in the history.
+        train_time = preparation + sum(record["seconds"] for record in self.history)
+        manifest = self._write_artifact(train_time)
+        pending.unlink(missing_ok=True)
+        self.objective.finish()
+        return manifest
+
+    def _train_one_epoch(self) -> None:
+        config, epoch_started = self.config, time.perf_counter()
+        # Shuffling and augmentation depend only on (seed, epoch): a resumed run sees the same batches.
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(self.x_train), generator=generator).to(self.device)
+        self.model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = step_bar(self.steps_per_epoch, f"epoch {self.epoch + 1}/{config.epochs}")
+        for step in range(self.steps_per_epoch):
+            indices = order[step * config.batch_size:(step + 1) * config.batch_size]
+            x, y = self.x_train[indices], self.y_train[indices]
+            if self.max_shift:
+                x = random_shift(x, self.max_shift, self.fill, generator)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+                loss, logits = self.objective.loss(self.model, x, y, indices, self.max_shift > 0)
+            if not torch.isfinite(loss):
+                lr = self.schedule.get_last_lr()[0]
+                raise CompressError(
+                    f"loss became {loss.item()} at epoch {self.epoch + 1}, step {step + 1} "
+                    f"(learning rate {lr:.3g}): the learning rate is probably too high; "
+                    f"try --lr {config.lr / 10:g}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.schedule.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            bar.update()
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}%")
+        bar.close()
+        val = accuracy(self.model, self.x_val, self.y_val)
+        self.epoch += 1
+        record = {"epoch": self.epoch, "loss": loss_sum / seen, "train_accuracy": correct / seen,
+                  "val_accuracy": val, "lr": self.schedule.get_last_lr()[0],
+                  "seconds": time.perf_counter() - epoch_started}
+        self.history.append(record)
+        # Without a validation split the last epoch counts as the best.
+        if math.isnan(val) or val > self.best_val:
+            self.best_val, self.best_epoch = val, self.epoch
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        val_text = "n/a" if math.isnan(val) else f"{100 * val:.2f}%"
+        log(f"epoch {self.epoch}/{config.epochs}  loss {record['loss']:.4f}  "
+            f"train {100 * record['train_accuracy']:.2f}%  val {val_text}  "
+            f"{record['seconds']:.1f}s")
+
+    def _write_artifact(self, train_time: float) -> dict[str, Any]:
+        config, dataset = self.config, self.dataset
+        self.model.load_state_dict(self.best_state)
+        x_test = torch.from_numpy(dataset.x_test).to(self.device)
+        y_test = torch.from_numpy(dataset.y_test).to(self.device)
+        test_accuracy = accuracy(self.model, x_test, y_test)
+        params = count_params(self.model)
+        spec = canonical_spec(config.model)
+        checkpoint = {
+            "model_spec": spec, "model_args": config.model_args, "in_shape": list(dataset.in_shape),
+            "num_classes": dataset.num_classes,
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+        }
+        manifest = new_manifest(config.out, self.stage, self._config_dict())
+        manifest["inputs"] = [input_record(role, path) for role, path in self.objective.inputs()]
+        manifest.update({
+            "model": {"spec": spec, "args": config.model_args, "params": params},
+            "input_spec": {"name": "input", "shape": [None, *dataset.in_shape], "dtype": "float32",
+                           "dynamic_axes": {"0": "batch"}},
+            "output_spec": {"name": "logits", "shape": [None, dataset.num_classes], "dtype": "float32"},
+            "preprocessing": dataset.preprocessing.to_dict(),
+            "labels": dataset.labels,
+            "data": dataset.describe(),
+            "metrics": {
+                "test_accuracy": test_accuracy,
+                "test_errors": int(round((1 - test_accuracy) * len(y_test))),
+                "val_accuracy": None if math.isnan(self.best_val) else self.best_val,
+                "best_epoch": self.best_epoch,
+                "params": params,
+                "train_time_s": round(train_time, 3),
+                "history": self.history,
+                **self.objective.metrics(),
+            },
+        })
+        save_checkpoint(config.out, checkpoint, manifest)
+        return manifest
