@@ -300,6 +300,9 @@ class Fit:
                 "best_epoch": self.best_epoch,
                 "params": params,
                 "train_time_s": round(train_time, 3),
+                # training throughput of the epochs alone (one-time preparation excluded)
+                "train_samples_per_s": round(len(self.x_train) * len(self.history)
+                                             / sum(r["seconds"] for r in self.history), 1),
                 "history": self.history,
                 **self.objective.metrics(),
             },
