@@ -253,7 +253,7 @@ class Fit:
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
             bar.update()
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}%")
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}%", refresh=False)
         bar.close()
         val = accuracy(self.model, self.x_val, self.y_val)
         self.epoch += 1
