@@ -224,3 +224,16 @@ def test_teacher_that_does_not_fit_the_data_is_refused(tmp_path, teacher_pt):
 def test_bad_settings_are_refused_before_any_work(tmp_path, teacher_pt, overrides, message):
     with pytest.raises(CompressError, match=message):
         distill(distill_config(tmp_path, teacher_pt, **overrides))
+
+
+def test_auto_cache_goes_to_disk_when_large_and_survives_an_interruption(tmp_path, teacher_pt, monkeypatch):
+    monkeypatch.setattr("compress.distill.teachers.MEMORY_CACHE_LIMIT_BYTES", 0)
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 1)
+        with pytest.raises(KeyboardInterrupt):
+            distill(distill_config(tmp_path, teacher_pt))
+    cache_dirs = list(tmp_path.glob(".student.teacher-cache/*"))
+    assert len(cache_dirs) == 1 and (cache_dirs[0] / "complete").exists()
+    manifest = distill(distill_config(tmp_path, teacher_pt, resume=True))
+    assert manifest["metrics"]["teacher_cache"] == "disk"
+    assert not (tmp_path / ".student.teacher-cache").exists()
