@@ -197,7 +197,7 @@ class TeacherOutputs:
 
     @classmethod
     def compute(cls, teacher: Teacher, x_train: torch.Tensor, hint_layers: tuple[str, ...],
-                mode: str, cache_dir: Path, key: str, batch_size: int = 512) -> "TeacherOutputs":
+                mode: str, cache_dir: Path, key: str, batch_size: int) -> "TeacherOutputs":
         probe_logits, probe_features = teacher(x_train[:2], hint_layers)
         shapes = {"logits": probe_logits.shape[1:], **{n: f.shape[1:] for n, f in probe_features.items()}}
         total = sum(int(np.prod(s)) for s in shapes.values()) * 4 * len(x_train)
