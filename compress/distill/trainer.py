@@ -63,6 +63,9 @@ def check_distill_config(config: DistillConfig) -> None:
         raise CompressError(f"unknown --loss {config.loss!r}; use kl or mse")
     if config.teacher_cache not in CACHE_MODES:
         raise CompressError(f"unknown --teacher-cache {config.teacher_cache!r}; use {', '.join(CACHE_MODES)}")
+    if config.augment != "none" and config.teacher_cache in ("memory", "disk"):
+        raise CompressError(f"--teacher-cache {config.teacher_cache} needs the same inputs every epoch, "
+                            "but --augment changes them; use --teacher-cache auto or off")
     if config.beta < 0:
         raise CompressError(f"--beta must be >= 0 (got {config.beta})")
     parse_hints(config.hints)
@@ -130,12 +133,8 @@ class DistillObjective:
         x_test = torch.from_numpy(self.dataset.x_test).to(self.device)
         y_test = torch.from_numpy(self.dataset.y_test).to(self.device)
         self.teacher_test_accuracy = accuracy(lambda x: self.teacher(x)[0], x_test, y_test)
-        mode = self.config.teacher_cache
-        if self.config.augment != "none":
-            if mode in ("memory", "disk"):
-                raise CompressError(f"--teacher-cache {mode} needs the same inputs every epoch, but "
-                                    "--augment changes them; use --teacher-cache auto or off")
-            mode = "off"
+        # random augmentation changes the inputs every epoch: nothing to reuse
+        mode = "off" if self.config.augment != "none" else self.config.teacher_cache
         if mode == "off":
             return
         started = time.perf_counter()
