@@ -6,7 +6,6 @@ exit status 2, no traceback.
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 

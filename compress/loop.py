@@ -8,14 +8,12 @@ its manifest. What is trained *towards* is the objective's business (plain label
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 
 from .artifacts import atomic_path, input_record, new_manifest, save_checkpoint

@@ -49,9 +49,6 @@ class Teacher:
     def supports_hints(self) -> bool:
         return self.kind == "checkpoint"
 
-    def layer_names(self) -> list[str]:
-        return [name for name, _ in self.module.named_modules() if name] if self.module else []
-
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, hint_layers: tuple[str, ...] = ()
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
