@@ -144,7 +144,7 @@ def distill(list_layers_of, hints, **kwargs):
 def _list_layers(model: str, data: str, model_args: tuple[str, ...]) -> None:
     from .artifacts import load_checkpoint
     from .data import load_dataset
-    from .modelspec import build_model, list_layers, parse_model_args
+    from .modelspec import build_model, list_layers, model_from_checkpoint, parse_model_args
 
     if model.endswith(".onnx"):
         raise CompressError("an ONNX model is a black box to distillation (logits only); "
@@ -152,8 +152,7 @@ def _list_layers(model: str, data: str, model_args: tuple[str, ...]) -> None:
     if Path(model).suffix == ".pt" and Path(model).is_file():
         checkpoint = load_checkpoint(model)
         in_shape = tuple(checkpoint["in_shape"])
-        module = build_model(checkpoint["model_spec"], in_shape, checkpoint["num_classes"],
-                             checkpoint["model_args"])
+        module = model_from_checkpoint(checkpoint)
     else:
         dataset = load_dataset(data)
         in_shape = dataset.in_shape

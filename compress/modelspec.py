@@ -166,6 +166,14 @@ def _check_args(spec: str, factory: Callable[..., Any], args: dict[str, Any]) ->
                                 "remove it or use one of those")
 
 
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
+    """Rebuild the model a compress checkpoint describes, with its weights loaded."""
+    model = build_model(checkpoint["model_spec"], tuple(checkpoint["in_shape"]),
+                        checkpoint["num_classes"], checkpoint["model_args"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model
+
+
 def count_params(model: nn.Module) -> int:
     """The number of parameters (each shared tensor counted once)."""
     return sum(p.numel() for p in model.parameters())

@@ -11,7 +11,7 @@ from compress.artifacts import load_checkpoint, manifest_path
 from compress.distill.trainer import DistillConfig, distill
 from compress.errors import CompressError
 from compress.loop import Fit, resume_path
-from compress.modelspec import build_model
+from compress.modelspec import model_from_checkpoint
 from compress.train import TrainConfig, train
 
 SMALL_MLP = {"hidden": [64]}
@@ -45,9 +45,7 @@ def teacher_pt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def teacher_onnx(teacher_pt):
     """The teacher exported to ONNX without a manifest: a black box that gives logits only."""
-    checkpoint = load_checkpoint(teacher_pt)
-    model = build_model(checkpoint["model_spec"], tuple(checkpoint["in_shape"]), 10, checkpoint["model_args"])
-    model.load_state_dict(checkpoint["state_dict"])
+    model = model_from_checkpoint(load_checkpoint(teacher_pt))
     path = teacher_pt.with_name("teacher_export.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -110,9 +108,7 @@ def test_distill_from_onnx_teacher_with_student_from_file(tmp_path, teacher_onnx
 
 
 def test_distill_from_torchscript_teacher(tmp_path, teacher_pt):
-    checkpoint = load_checkpoint(teacher_pt)
-    model = build_model("resnet8", (1, 8, 8), 10, checkpoint["model_args"])
-    model.load_state_dict(checkpoint["state_dict"])
+    model = model_from_checkpoint(load_checkpoint(teacher_pt))
     path = tmp_path / "teacher.ts"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -15,14 +15,14 @@ import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from ..artifacts import load_checkpoint, read_manifest
 from ..errors import CompressError
-from ..modelspec import build_model
+from ..modelspec import model_from_checkpoint
 
 # Caches larger than this go to a memory-mapped file on disk instead of RAM (``cache="auto"``).
 MEMORY_CACHE_LIMIT_BYTES = 1 << 30
@@ -81,7 +81,7 @@ class capture_outputs:
     """Context manager: forward hooks that store the outputs of the named modules in ``store``."""
 
     def __init__(self, model: torch.nn.Module, names: tuple[str, ...], store: dict):
-        modules = dict(model.named_modules())
+        modules = dict(model.named_modules()) if names else {}  # runs every step: skip when unused
         missing = [n for n in names if n not in modules]
         if missing:
             raise CompressError(f"layer {missing[0]!r} not found in {type(model).__name__}; "
@@ -130,9 +130,7 @@ def load_teacher(path: str | Path, device: torch.device) -> Teacher:
                                 f"({str(exc).strip().splitlines()[0]}); re-save it with torch.jit.save") from None
         return Teacher(path, "torchscript", module=module.eval(), manifest=manifest, device=device)
     checkpoint = load_checkpoint(path)
-    module = build_model(checkpoint["model_spec"], tuple(checkpoint["in_shape"]),
-                         checkpoint["num_classes"], checkpoint["model_args"])
-    module.load_state_dict(checkpoint["state_dict"])
+    module = model_from_checkpoint(checkpoint)
     return Teacher(path, "checkpoint", module=module.to(device).eval(),
                    in_shape=tuple(checkpoint["in_shape"]),
                    num_classes=checkpoint["num_classes"], manifest=manifest, device=device)
@@ -194,13 +192,14 @@ class TeacherOutputs:
 
     @classmethod
     def compute(cls, teacher: Teacher, x_train: torch.Tensor, hint_layers: tuple[str, ...],
-                mode: str, cache_dir: Path, key: str, batch_size: int) -> "TeacherOutputs":
+                mode: str, cache_dir: Path, cache_key: Callable[[], str], batch_size: int
+                ) -> "TeacherOutputs":
         probe_logits, probe_features = teacher(x_train[:2], hint_layers)
         shapes = {"logits": probe_logits.shape[1:], **{n: f.shape[1:] for n, f in probe_features.items()}}
         total = sum(int(np.prod(s)) for s in shapes.values()) * 4 * len(x_train)
         if mode == "auto":
             mode = "memory" if total <= MEMORY_CACHE_LIMIT_BYTES else "disk"
-        directory = cache_dir / key if mode == "disk" else None
+        directory = cache_dir / cache_key() if mode == "disk" else None
         if directory is not None and (directory / "complete").exists():
             return cls({n: np.load(directory / f"{i}.npy", mmap_mode="r")
                         for i, n in enumerate(shapes)}, cache_dir)

@@ -139,7 +139,7 @@ class DistillObjective:
             return
         started = time.perf_counter()
         self.cache = TeacherOutputs.compute(self.teacher, x_train, self.teacher_layers, mode,
-                                            cache_dir=self._cache_dir(), key=self._cache_key(),
+                                            cache_dir=self._cache_dir(), cache_key=self._cache_key,
                                             batch_size=self.config.batch_size)
         self.cache_mode = "disk" if self.cache.cache_dir else "memory"
         self.cache_seconds = time.perf_counter() - started
