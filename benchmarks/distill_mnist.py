@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compress.artifacts import manifest_path
 from compress.loop import resume_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +41,7 @@ class Run:
         return "compress " + " ".join(shlex.quote(a) for a in self.args + ["--out", str(self.out)])
 
     def execute(self, reuse: bool = True) -> dict:
-        manifest_file = self.out.with_suffix(".json")
+        manifest_file = manifest_path(self.out)
         if not (reuse and manifest_file.exists()):
             print(f"$ {self.command()}", flush=True)
             # an interrupted run of this benchmark continues mid-way

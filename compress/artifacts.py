@@ -1,6 +1,7 @@
 """Artifacts on disk: checkpoints, their JSON manifests, and atomic writes.
 
-Every artifact ``X.pt`` / ``X.onnx`` has a manifest ``X.json`` beside it that says what made it,
+Every artifact ``X.pt`` / ``X.onnx`` has a manifest ``X.pt.json`` / ``X.onnx.json`` beside it
+(so a checkpoint and its export can share a stem) that says what made it,
 from what, how to feed it (input spec, preprocessing, labels) and what has been measured of it.
 Stages talk to each other only through these files.
 """
@@ -24,8 +25,9 @@ CHECKPOINT_FORMAT = "compress-checkpoint/1"
 
 
 def manifest_path(artifact: str | Path) -> Path:
-    """``runs/student.pt`` -> ``runs/student.json``."""
-    return Path(artifact).with_suffix(".json")
+    """``runs/student.pt`` -> ``runs/student.pt.json``; ``student.onnx`` -> ``student.onnx.json``."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".json")
 
 
 def sha256_file(path: str | Path) -> str:

@@ -26,7 +26,7 @@ def training_options(command):
                      help="Keyword argument for the model factory (repeatable), e.g. hidden=1200,1200."),
         click.option("--data", default="digits", show_default=True, help=f"Dataset: {DATA_HELP}."),
         click.option("--out", type=click.Path(dir_okay=False), help="Checkpoint to write (.pt); "
-                     "its manifest goes beside it (.json)."),
+                     "its manifest goes beside it (.pt.json)."),
         click.option("--epochs", default=10, show_default=True, type=int),
         click.option("--batch-size", default=128, show_default=True, type=int),
         click.option("--lr", default=3e-3, show_default=True, type=float, help="Peak learning rate."),

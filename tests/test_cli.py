@@ -26,14 +26,14 @@ def test_train_then_distill_print_accuracy_size_and_paths(tmp_path, capsys):
                              "--epochs", "2", "--device", "cpu", "--out", str(teacher))
     assert status == 0
     assert "test accuracy" in out and "params" in out and "KiB" in out
-    assert f"wrote {teacher}" in out and f"wrote {tmp_path / 'teacher.json'}" in out
+    assert f"wrote {teacher}" in out and f"wrote {tmp_path / 'teacher.pt.json'}" in out
     student = tmp_path / "student.pt"
     status, out, _ = run_cli(capsys, "distill", "--teacher", str(teacher), "--student", "mlp",
                              "--model-arg", "hidden=[32]", "-T", "2", "--alpha", "0.5", "--epochs", "1",
                              "--hint", "head.relu:fc1", "--out", str(student))
     assert status == 0, out
     assert "student: test accuracy" in out and "teacher: test accuracy" in out
-    assert student.exists() and (tmp_path / "student.json").exists()
+    assert student.exists() and (tmp_path / "student.pt.json").exists()
 
 
 def test_list_layers_prints_names_and_shapes(capsys):
