@@ -5,8 +5,9 @@ train, fits (or reuses) a :class:`Preprocessing` on the training split, and retu
 arrays ready to feed a model.
 """
 
-from .dataset import Dataset, load_dataset
+from .dataset import PREPROCESSING_CHOICES, Dataset, load_dataset, load_dataset_for
 from .preprocessing import Preprocessing
 from .sources import DATA_SOURCES_HELP
 
-__all__ = ["DATA_SOURCES_HELP", "Dataset", "Preprocessing", "load_dataset"]
+__all__ = ["DATA_SOURCES_HELP", "PREPROCESSING_CHOICES", "Dataset", "Preprocessing", "load_dataset",
+           "load_dataset_for"]

@@ -50,19 +50,35 @@ class Dataset:
                           "test": len(self.y_test)}}
 
 
+# How to normalise data for a model whose manifest does not say (see ``load_dataset``).
+PREPROCESSING_CHOICES = ("fit", "scale", "raw")
+
+
 def load_dataset(spec: str, val_fraction: float = 0.1, split_seed: int = 0,
-                 preprocessing: Preprocessing | None = None) -> Dataset:
-    """Load ``spec``; normalise with ``preprocessing`` if given, else fit it on the train split."""
+                 preprocessing: Preprocessing | str | None = None) -> Dataset:
+    """Load ``spec`` and normalise it.
+
+    ``preprocessing``: a :class:`Preprocessing` to reuse, or ``None``/``"fit"`` to fit mean and
+    std on the training split, ``"scale"`` for the source's scale alone (e.g. pixels to [0, 1]),
+    ``"raw"`` for the values as stored.
+    """
     _check_split_args(val_fraction, split_seed)
     raw = read_source(spec)
     _check_raw(raw, spec)
     in_shape = tuple(int(d) for d in raw.x_train.shape[1:])
     train_idx, val_idx = split_indices(len(raw.y_train), val_fraction, split_seed)
     x_train = raw.x_train[train_idx]
-    if preprocessing is None:
+    if preprocessing is None or preprocessing == "fit":
         preprocessing = Preprocessing.fit(x_train, raw.scale, raw.layout)
-    else:
+    elif preprocessing in ("scale", "raw"):
+        preprocessing = Preprocessing(layout=raw.layout,
+                                      scale=raw.scale if preprocessing == "scale" else 1.0,
+                                      mean=[0.0] * in_shape[0], std=[1.0] * in_shape[0])
+    elif isinstance(preprocessing, Preprocessing):
         preprocessing.check_input(in_shape)
+    else:
+        raise CompressError(f"unknown preprocessing {preprocessing!r}; use one of "
+                            f"{', '.join(PREPROCESSING_CHOICES)}")
     return Dataset(
         spec=spec, name=raw.name, labels=list(raw.labels), in_shape=in_shape,
         preprocessing=preprocessing,
@@ -115,3 +131,33 @@ def _check_raw(raw: RawData, spec: str) -> None:
                 f"{spec}: {split} label {int(bad[0])} is out of range for {num_classes} "
                 f"classes (valid: 0..{num_classes - 1}); fix the labels, or for npz give a "
                 "'labels' array naming every class")
+
+
+def load_dataset_for(artifact: str, manifest: dict | None, data: str | None = None,
+                     preprocessing: str | None = None) -> Dataset:
+    """The data to feed ``artifact``: its manifest's data and preprocessing unless overridden.
+
+    ``data`` replaces the manifest's data source (same preprocessing); without a manifest both
+    must be given, since nothing else says how the model's inputs were normalised.
+    """
+    recorded = (manifest or {}).get("data") or {}
+    spec = data or recorded.get("spec")
+    if spec is None:
+        raise CompressError(f"{artifact} has no manifest naming its data; pass --data "
+                            "(e.g. --data mnist:DIR)")
+    if manifest and manifest.get("preprocessing") and preprocessing is None:
+        chosen: Preprocessing | str = Preprocessing.from_dict(manifest["preprocessing"])
+    elif preprocessing is None:
+        raise CompressError(f"{artifact} has no manifest, so how its inputs were normalised is "
+                            "unknown; pass --preprocessing fit (mean/std of the training split, "
+                            "as compress train does), scale (pixels to [0, 1]) or raw")
+    else:
+        chosen = preprocessing
+    try:
+        return load_dataset(spec, val_fraction=recorded.get("val_fraction", 0.1),
+                            split_seed=recorded.get("split_seed", 0), preprocessing=chosen)
+    except CompressError as exc:
+        if data is None:  # the source recorded in the manifest: it may have moved
+            raise CompressError(f"{exc} (the data recorded in the manifest of {artifact}; "
+                                "pass --data to read it from elsewhere)") from None
+        raise

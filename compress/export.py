@@ -1,0 +1,340 @@
+"""``compress export``: a compress checkpoint to a verified ONNX model.
+
+The model is exported with a dynamic batch axis (unless a static batch is asked for), checked with
+``onnx.checker``, optionally optimised by ONNX Runtime, and then run through ONNX Runtime on real
+samples at batch sizes 1 and 7 next to PyTorch: if the logits differ beyond the tolerance, or the
+batch axis silently became fixed, the export fails and nothing is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .artifacts import input_record, load_checkpoint, manifest_path, new_manifest, read_manifest, sha256_file, write_json
+from .data import load_dataset_for
+from .errors import CompressError
+from .modelspec import count_params, model_from_checkpoint
+from .onnx_io import (OPTIMIZATION_LEVELS, OnnxClassifier, first_line, max_runtime_opset, model_info,
+                      open_session)
+
+EXPORTERS = ("dynamo", "torchscript")
+# Newest opset each torch exporter writes (torch.onnx._constants, torch 2.13).
+EXPORTER_MAX_OPSET = {"dynamo": 23, "torchscript": 20}
+EXPORTER_MIN_OPSET = {"dynamo": 18, "torchscript": 7}
+# Protobuf cannot serialise a message over 2 GiB: weights beyond this go to an external data file.
+EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
+# onnxruntime.transformers model types that compress passes on to its optimizer.
+TRANSFORMER_TYPES = ("bert", "bart", "gpt2", "t5", "vit", "clip", "unet", "vae", "phi")
+PARITY_BATCHES = (1, 7)  # 7: an odd size no one exports with, so a batch axis fixed by tracing shows
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str
+    out: str
+    data: str | None = None            # samples for the parity check (default: the checkpoint's data)
+    opset: int | None = None           # default: the newest the exporter writes and onnxruntime runs
+    static_batch: int | None = None    # fix the batch axis to this size instead of a dynamic one
+    exporter: str = "dynamo"           # torch.onnx.export(dynamo=True) or the TorchScript tracer
+    parity: bool = True
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    parity_samples: int = 63
+    optimize: str | None = None        # ONNX Runtime graph optimisation saved into the artifact
+    transformer: str | None = None     # run onnxruntime.transformers' optimizer for this model type
+    num_heads: int = 0                 # for the transformer optimizer (0: detect)
+    hidden_size: int = 0
+
+
+def check_config(config: ExportConfig) -> None:
+    if not str(config.out).endswith(".onnx"):
+        raise CompressError(f"output {config.out} must end in .onnx; pass --out PATH.onnx")
+    if config.exporter not in EXPORTERS:
+        raise CompressError(f"unknown exporter {config.exporter!r}; use one of {', '.join(EXPORTERS)}")
+    if config.optimize is not None and config.optimize not in OPTIMIZATION_LEVELS[1:]:
+        raise CompressError(f"unknown optimisation level {config.optimize!r}; use basic, extended or all")
+    if config.transformer is not None and config.transformer not in TRANSFORMER_TYPES:
+        raise CompressError(f"unknown transformer type {config.transformer!r}; use one of "
+                            f"{', '.join(TRANSFORMER_TYPES)}")
+    if config.static_batch is not None and config.static_batch < 1:
+        raise CompressError(f"--static-batch must be at least 1, got {config.static_batch}")
+    for name in ("atol", "rtol"):
+        value = getattr(config, name)
+        if not (value >= 0 and np.isfinite(value)):
+            raise CompressError(f"--{name} must be a finite number >= 0, got {value}")
+    if config.parity_samples < max(PARITY_BATCHES):
+        raise CompressError(f"parity needs at least {max(PARITY_BATCHES)} samples, got {config.parity_samples}")
+
+
+def choose_opset(requested: int | None, exporter: str) -> int:
+    """The requested opset, checked against the exporter and onnxruntime; else the newest both take."""
+    runtime_max = max_runtime_opset()
+    newest = min(EXPORTER_MAX_OPSET[exporter], runtime_max)
+    if requested is None:
+        return newest
+    if requested > runtime_max:
+        raise CompressError(f"opset {requested} is newer than the installed onnxruntime runs "
+                            f"(max {runtime_max}); use --opset {newest} or lower")
+    if not EXPORTER_MIN_OPSET[exporter] <= requested <= EXPORTER_MAX_OPSET[exporter]:
+        raise CompressError(f"the {exporter} exporter writes opsets {EXPORTER_MIN_OPSET[exporter]}"
+                            f"..{EXPORTER_MAX_OPSET[exporter]}, not {requested}; pick one in that range")
+    return requested
+
+
+def export(config: ExportConfig) -> dict[str, Any]:
+    """Export, verify and write ``config.out`` with its manifest; return the manifest."""
+    check_config(config)
+    checkpoint = load_checkpoint(config.checkpoint)
+    source = read_manifest(config.checkpoint) or {}
+    opset = choose_opset(config.opset, config.exporter)
+    model = model_from_checkpoint(checkpoint).eval()
+    in_shape = tuple(checkpoint["in_shape"])
+    input_name = (source.get("input_spec") or {}).get("name", "input")
+    output_name = (source.get("output_spec") or {}).get("name", "logits")
+
+    samples, labels, dataset_info = None, None, None
+    if config.parity:
+        if not source and not config.data:
+            raise CompressError(f"{config.checkpoint} has no manifest naming its data; pass --data "
+                                "for the parity check (or --no-parity to skip it)")
+        dataset = load_dataset_for(config.checkpoint, source, config.data)
+        if tuple(dataset.in_shape) != in_shape:
+            raise CompressError(f"{config.checkpoint} takes samples of shape {list(in_shape)} but "
+                                f"{dataset.spec} gives {list(dataset.in_shape)}; pass the data it was "
+                                "trained on")
+        samples = dataset.x_test[:config.parity_samples]
+        labels, dataset_info = dataset.labels, dataset.describe()
+        if len(samples) < max(PARITY_BATCHES):
+            raise CompressError(f"{dataset.spec} has {len(samples)} test samples; the parity check "
+                                f"needs {max(PARITY_BATCHES)}")
+    example_batch = config.static_batch or 2
+    example = _example_input(samples, in_shape, example_batch)
+
+    out = Path(config.out)
+    large = _param_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES
+    with _staging_dir(out) as staging:
+        staged = staging / out.name
+        _export_to(model, example, staged, config, opset, input_name, output_name, large)
+        if config.transformer:
+            _optimize_transformer(staged, config, large)
+        if config.optimize:
+            _optimize_with_runtime(staged, config.optimize, large)
+        _check_onnx(staged)
+        parity = _parity_check(model, staged, samples, config) if config.parity else None
+        info = model_info(staged)
+        sha = sha256_file(staged)
+        _move_into_place(staging, out)
+
+    manifest = new_manifest(out, "export", asdict(config))
+    manifest["inputs"] = [input_record("checkpoint", config.checkpoint)]
+    manifest["model"] = source.get("model") or {"spec": checkpoint["model_spec"],
+                                                "args": checkpoint["model_args"]}
+    batch_dim: int | None = config.static_batch
+    manifest["input_spec"] = {"name": input_name, "shape": [batch_dim, *in_shape], "dtype": "float32",
+                              "dynamic_axes": {} if batch_dim else {"0": "batch"}}
+    manifest["output_spec"] = {"name": output_name, "shape": [batch_dim, checkpoint["num_classes"]],
+                               "dtype": "float32"}
+    manifest["preprocessing"] = source.get("preprocessing") or (
+        dataset.preprocessing.to_dict() if config.parity else None)
+    manifest["labels"] = source.get("labels") or labels
+    manifest["data"] = source.get("data") or dataset_info
+    manifest["source"] = {"stage": source.get("stage"), "artifact": Path(config.checkpoint).name,
+                          "metrics": {k: v for k, v in (source.get("metrics") or {}).items()
+                                      if k in ("test_accuracy", "test_errors", "val_accuracy")}}
+    manifest["onnx"] = {"exporter": config.exporter, "opset": info["opset"],
+                        "optimize": config.optimize, "transformer": config.transformer,
+                        "external_data": large, "nodes": info["nodes"], "op_types": info["op_types"]}
+    manifest["parity"] = parity
+    manifest["metrics"] = {"params": count_params(model)}
+    manifest["sha256"] = sha
+    manifest["size_bytes"] = info["size_bytes"]
+    write_json(manifest_path(out), manifest)
+    return manifest
+
+
+def _example_input(samples: np.ndarray | None, in_shape: tuple, batch: int) -> torch.Tensor:
+    """Real samples when there are some (tracing follows real data paths), zeros otherwise."""
+    if samples is not None and len(samples) >= batch:
+        return torch.from_numpy(np.ascontiguousarray(samples[:batch]))
+    return torch.zeros((batch, *in_shape))
+
+
+def _param_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+@contextlib.contextmanager
+def _staging_dir(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out`` (same file system, so the final renames are atomic)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """External data first, the .onnx last: a reader never sees a model without its weights."""
+    files = sorted(staging.iterdir(), key=lambda p: p.name == out.name)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in files:
+        os.chmod(path, 0o666 & ~umask)
+        os.replace(path, out.parent / path.name)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporters warn about things that do not concern the user (absent torchvision, ...)."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _export_to(model: torch.nn.Module, example: torch.Tensor, path: Path, config: ExportConfig,
+               opset: int, input_name: str, output_name: str, large: bool) -> None:
+    dynamic = config.static_batch is None
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            if config.exporter == "dynamo":
+                program = torch.onnx.export(
+                    model, (example,), dynamo=True, verbose=False, opset_version=opset,
+                    input_names=[input_name], output_names=[output_name],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},) if dynamic else None)
+                program.save(str(path), external_data=large)
+            else:
+                torch.onnx.export(
+                    model, (example,), str(path), dynamo=False, opset_version=opset,
+                    input_names=[input_name], output_names=[output_name],
+                    dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic else None)
+                if large:
+                    _resave(path, external=True)
+    except CompressError:
+        raise
+    except Exception as exc:  # the exporters raise many types for models they cannot handle
+        other = "torchscript" if config.exporter == "dynamo" else "dynamo"
+        raise CompressError(f"torch.onnx ({config.exporter}) cannot export {config.checkpoint}: "
+                            f"{first_line(exc)}; try --exporter {other}") from None
+
+
+def _resave(path: Path, external: bool) -> None:
+    """Rewrite ``path`` (weights in one external ``.data`` file beside it when ``external``)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for stale in path.parent.iterdir():
+        if stale != path:
+            stale.unlink()
+    onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=f"{path.name}.data" if external else None)
+
+
+def _optimize_transformer(path: Path, config: ExportConfig, large: bool) -> None:
+    """Attention/LayerNorm/GELU fusions from onnxruntime.transformers (onnxruntime-tools' successor)."""
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+    except ImportError as exc:
+        raise CompressError(f"onnxruntime.transformers is not importable ({first_line(exc)}); "
+                            "reinstall onnxruntime") from None
+    try:
+        with _quiet_exporter():
+            optimized = optimize_model(str(path), model_type=config.transformer,
+                                       num_heads=config.num_heads, hidden_size=config.hidden_size)
+            optimized.save_model_to_file(str(path), use_external_data_format=large)
+    except Exception as exc:
+        raise CompressError(f"the {config.transformer} transformer optimizer failed on this model "
+                            f"({first_line(exc)}); export without --transformer") from None
+
+
+def _optimize_with_runtime(path: Path, level: str, large: bool) -> None:
+    """Let ONNX Runtime optimise the graph at ``level`` and keep the optimised graph as the artifact."""
+    optimized = path.with_name(f"optimized.{path.name}")
+    open_session(path, role="exported model", optimization=level, optimized_model_path=optimized,
+                 external_initializers=f"{path.name}.data" if large else None)
+    os.replace(optimized, path)
+
+
+def _check_onnx(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=False)
+    except Exception as exc:
+        raise CompressError(f"the exported model fails the ONNX checker ({first_line(exc)}); "
+                            "try the other --exporter or another --opset") from None
+
+
+def _parity_check(model: torch.nn.Module, path: Path, samples: np.ndarray,
+                  config: ExportConfig) -> dict[str, Any]:
+    """PyTorch and ONNX Runtime side by side on real samples, at batch 1 and 7 (or the static batch)."""
+    with torch.no_grad():
+        expected = model(torch.from_numpy(np.ascontiguousarray(samples))).float().numpy()
+    runner = OnnxClassifier(open_session(path, role="exported model"), "the exported model")
+    batches = (config.static_batch,) if config.static_batch else PARITY_BATCHES
+    results = []
+    for batch in batches:
+        if batch == 1:
+            count = max(PARITY_BATCHES)  # one at a time is slow for large models: a few suffice
+        elif config.static_batch:
+            count = len(samples)  # the last chunk is padded to the fixed size
+        else:
+            count = len(samples) // batch * batch
+        got = np.empty_like(expected[:count])
+        try:
+            for start in range(0, count, batch):
+                chunk = samples[start:start + batch]
+                if len(chunk) < batch:  # static batch: pad the last chunk
+                    chunk = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]),
+                                                            np.float32)])
+                got[start:start + batch] = runner.run(chunk)[:min(batch, count - start)]
+        except Exception as exc:  # onnxruntime rejects a batch size the graph baked in
+            raise CompressError(
+                f"parity check: the exported model fails at batch size {batch} ({first_line(exc, 120)}); "
+                "its batch axis was fixed during export — use --exporter dynamo, or --static-batch "
+                "if a fixed batch is intended") from None
+        results.append(_compare(expected[:count], got, batch, config))
+    worst = max(results, key=lambda r: r["max_abs_diff"])
+    report = {"atol": config.atol, "rtol": config.rtol, "samples": int(len(samples)),
+              "max_abs_diff": worst["max_abs_diff"], "max_rel_diff": max(r["max_rel_diff"] for r in results),
+              "top1_agreement": min(r["top1_agreement"] for r in results), "batches": results}
+    failed = [r for r in results if not r["passed"]]
+    if failed:
+        r = failed[0]
+        raise CompressError(
+            f"parity check failed at batch size {r['batch_size']}: ONNX Runtime's logits differ from "
+            f"PyTorch's by up to {r['max_abs_diff']:.3g} (relative {r['max_rel_diff']:.3g}; allowed "
+            f"atol {config.atol:g} + rtol {config.rtol:g}), top-1 agreement {100 * r['top1_agreement']:.1f}%; "
+            "the model likely has data-dependent control flow or an op exported wrongly — fix the "
+            "model or loosen --atol/--rtol if the difference is expected")
+    return report
+
+
+def _compare(expected: np.ndarray, got: np.ndarray, batch: int, config: ExportConfig) -> dict[str, Any]:
+    diff = np.abs(got.astype(np.float64) - expected)
+    big = np.abs(expected) > max(config.atol, 1e-6)  # relative error only where it means something
+    rel = float((diff[big] / np.abs(expected[big])).max()) if big.any() else 0.0
+    finite = bool(np.isfinite(got).all())
+    return {"batch_size": batch, "samples": int(len(got)),
+            "max_abs_diff": float(diff.max()) if finite else float("inf"), "max_rel_diff": rel,
+            "top1_agreement": float((got.argmax(1) == expected.argmax(1)).mean()),
+            "passed": finite and bool(np.allclose(got, expected, atol=config.atol, rtol=config.rtol))}

@@ -1,0 +1,201 @@
+"""Reading ONNX files and running them through ONNX Runtime, with user errors made plain.
+
+Shared by export (parity check), quantize (calibration, accuracy, timing), distill (ONNX
+teachers) and bench.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CompressError
+
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+@functools.cache
+def max_runtime_opset() -> int:
+    """The newest default-domain opset the installed ONNX Runtime accepts (probed, milliseconds)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
+                              [value("x", TensorProto.FLOAT, [1])], [value("y", TensorProto.FLOAT, [1])])
+    for opset in range(onnx.defs.onnx_opset_version(), 6, -1):
+        opset_ids = [helper.make_opsetid("", opset)]
+        model = helper.make_model(graph, opset_imports=opset_ids,
+                                  ir_version=helper.find_min_ir_version_for(opset_ids))
+        try:
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            return opset
+        except Exception:  # onnxruntime: "opset N is under development / not supported"
+            continue
+    raise CompressError("the installed onnxruntime runs no ONNX opset this onnx package writes; "
+                        "reinstall compress to get matching onnx and onnxruntime versions")
+
+
+def load_model(path: str | Path, role: str = "model", check: bool = True):
+    """Parse an ONNX file (and its external data) and run ``onnx.checker`` on it."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise CompressError(f"{role} {path} does not exist; check the path")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError, missing external data, ...
+        raise CompressError(f"{role} {path} is not a readable ONNX model ({first_line(exc)}); "
+                            "give an .onnx file written by `compress export` or torch.onnx") from None
+    if not model.graph.node and not model.graph.input:
+        raise CompressError(f"{role} {path} holds no ONNX graph; give an .onnx model file")
+    if check:
+        try:
+            onnx.checker.check_model(str(path))
+        except Exception as exc:
+            raise CompressError(f"{role} {path} fails the ONNX checker ({first_line(exc)}); "
+                                "re-export it") from None
+    opset = default_opset(model)
+    if opset is not None and opset > max_runtime_opset():
+        raise CompressError(f"{role} {path} uses opset {opset}, newer than onnxruntime runs "
+                            f"(max {max_runtime_opset()}); re-export with --opset {max_runtime_opset()}")
+    return model
+
+
+def default_opset(model) -> int | None:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def session_options(threads: int | None = None, optimization: str = "all",
+                    optimized_model_path: str | Path | None = None,
+                    external_initializers: str | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    options.graph_optimization_level = levels[optimization]
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
+        if external_initializers:  # a model over 2 GiB keeps its weights in a file beside it
+            options.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name", external_initializers)
+            options.add_session_config_entry(
+                "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    options.log_severity_level = 3  # errors only: keep ORT's warnings off the user's terminal
+    return options
+
+
+def open_session(model: str | Path | bytes, role: str = "model", threads: int | None = None,
+                 optimization: str = "all", providers: list[str] | None = None,
+                 optimized_model_path: str | Path | None = None,
+                 external_initializers: str | None = None):
+    """An ``InferenceSession``; a model ONNX Runtime cannot load is a CompressError."""
+    import onnxruntime as ort
+
+    options = session_options(threads, optimization, optimized_model_path, external_initializers)
+    try:
+        source = model if isinstance(model, bytes) else str(model)
+        return ort.InferenceSession(source, sess_options=options,
+                                    providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own exception types
+        where = "the model" if isinstance(model, bytes) else str(model)
+        raise CompressError(f"onnxruntime cannot load {role} {where} ({first_line(exc)}); "
+                            "re-export it or check that its operators are supported") from None
+
+
+class OnnxClassifier:
+    """One-input classifier session: shape checks and batched prediction."""
+
+    def __init__(self, session, name: str = "model"):
+        self.session = session
+        self.name = name
+        inputs = session.get_inputs()
+        if len(inputs) != 1:
+            raise CompressError(f"{name} has {len(inputs)} inputs; compress handles classifiers "
+                                "that take one input tensor")
+        self.input_name = inputs[0].name
+        self.input_shape = list(inputs[0].shape)  # ints, or str/None for symbolic dimensions
+        self.output_name = session.get_outputs()[0].name
+        batch = self.input_shape[0] if self.input_shape else None
+        self.fixed_batch = batch if isinstance(batch, int) else None
+
+    @property
+    def sample_shape(self) -> tuple | None:
+        dims = self.input_shape[1:]
+        return tuple(dims) if all(isinstance(d, int) for d in dims) else None
+
+    def check_fits(self, in_shape: tuple[int, ...], data_name: str) -> None:
+        """CompressError unless samples of ``in_shape`` fit the model's input."""
+        dims = self.input_shape[1:]
+        fits = len(dims) == len(in_shape) and all(
+            not isinstance(d, int) or d == s for d, s in zip(dims, in_shape))
+        if not fits:
+            shown = ["N" if not isinstance(d, int) else d for d in self.input_shape]
+            raise CompressError(f"{self.name} takes input {self.input_name!r} of shape {shown} but "
+                                f"{data_name} gives samples of shape {list(in_shape)}; use the data "
+                                "the model was trained on")
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Logits for every row of ``x`` (float32), in batches; a fixed batch size is padded to."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        step = self.fixed_batch or batch_size
+        pieces = []
+        for start in range(0, len(x), step):
+            chunk = x[start:start + step]
+            if self.fixed_batch and len(chunk) < self.fixed_batch:
+                pad = np.zeros((self.fixed_batch - len(chunk),) + chunk.shape[1:], np.float32)
+                pieces.append(self.run(np.concatenate([chunk, pad]))[:len(chunk)])
+            else:
+                pieces.append(self.run(chunk))
+        if not pieces:
+            return np.zeros((0, 0), np.float32)
+        return np.ascontiguousarray(np.concatenate(pieces), dtype=np.float32)
+
+    def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
+        if len(y) == 0:
+            raise CompressError("no samples to measure accuracy on; use data with a non-empty split")
+        return float((self.predict(x).argmax(axis=1) == np.asarray(y)).mean())
+
+
+def model_info(path: str | Path) -> dict[str, Any]:
+    """Size and operator counts of an ONNX file, for manifests."""
+    import collections
+
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    ops = collections.Counter(node.op_type for node in model.graph.node)
+    size = Path(path).stat().st_size + sum(p.stat().st_size for p in external_data_files(path, model))
+    return {"size_bytes": size, "nodes": sum(ops.values()), "op_types": dict(sorted(ops.items())),
+            "opset": default_opset(model)}
+
+
+def external_data_files(path: str | Path, model) -> list[Path]:
+    """The external-data files an ONNX model refers to (beside it)."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    locations = set()
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            locations.update(e.value for e in tensor.external_data if e.key == "location")
+    return [Path(path).parent / loc for loc in sorted(locations)]
