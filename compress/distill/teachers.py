@@ -15,7 +15,7 @@ import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ import torch
 from ..artifacts import load_checkpoint, read_manifest
 from ..errors import CompressError
 from ..modelspec import model_from_checkpoint
+from ..onnx_io import OnnxClassifier, open_session
 
 # Caches larger than this go to a memory-mapped file on disk instead of RAM (``cache="auto"``).
 MEMORY_CACHE_LIMIT_BYTES = 1 << 30
@@ -35,7 +36,7 @@ class Teacher:
     path: Path
     kind: str                                  # "checkpoint" | "torchscript" | "exported" | "onnx"
     module: torch.nn.Module | None = None      # None for ONNX teachers
-    onnx_session: Any = None
+    onnx_session: OnnxClassifier | None = None
     in_shape: tuple | None = None              # per-sample shape, when known
     num_classes: int | None = None
     manifest: dict | None = None
@@ -61,20 +62,8 @@ class Teacher:
         return logits.float().to(x.device), {k: v.float().to(x.device) for k, v in features.items()}
 
     def _run_onnx(self, x: torch.Tensor) -> torch.Tensor:
-        session_input = self.onnx_session.get_inputs()[0]
-        fixed_batch = session_input.shape[0] if isinstance(session_input.shape[0], int) else None
-        batch = x.detach().float().cpu().numpy()
-        if fixed_batch is None or fixed_batch == len(batch):
-            out = self.onnx_session.run(None, {session_input.name: batch})[0]
-        else:  # a model exported with a fixed batch size: feed it chunks of that size
-            pieces = []
-            for start in range(0, len(batch), fixed_batch):
-                chunk = batch[start:start + fixed_batch]
-                padded = np.concatenate([chunk, np.zeros((fixed_batch - len(chunk),) + chunk.shape[1:],
-                                                         chunk.dtype)])
-                pieces.append(self.onnx_session.run(None, {session_input.name: padded})[0][:len(chunk)])
-            out = np.concatenate(pieces)
-        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(x.device)
+        logits = self.onnx_session.predict(x.detach().float().cpu().numpy(), batch_size=len(x))
+        return torch.from_numpy(logits).to(x.device)
 
 
 class capture_outputs:
@@ -161,19 +150,11 @@ def _load_onnx_teacher(path: Path, manifest: dict | None, device: torch.device) 
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
-    try:
-        session = ort.InferenceSession(str(path), providers=providers)
-    except Exception as exc:  # onnxruntime raises its own exception types for bad models
-        raise CompressError(f"teacher {path} is not a valid ONNX model "
-                            f"({str(exc).strip().splitlines()[0][:200]}); re-export it") from None
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1:
-        raise CompressError(f"ONNX teacher {path} has {len(inputs)} inputs; "
-                            "a classifier teacher must take one input tensor")
-    dims = inputs[0].shape[1:]
-    in_shape = tuple(dims) if all(isinstance(d, int) for d in dims) else None
+    runner = OnnxClassifier(open_session(path, role="teacher", providers=providers),
+                            name=f"ONNX teacher {path}")
+    outputs = runner.session.get_outputs()
     last = outputs[0].shape[-1] if outputs[0].shape else None
-    return Teacher(path, "onnx", onnx_session=session, in_shape=in_shape,
+    return Teacher(path, "onnx", onnx_session=runner, in_shape=runner.sample_shape,
                    num_classes=last if isinstance(last, int) else None,
                    manifest=manifest, device=device)
 
