@@ -163,6 +163,57 @@ def _list_layers(model: str, data: str, model_args: tuple[str, ...]) -> None:
         click.echo(f"{layer['name']:<32} {layer['type']:<20} {shape:<20} {layer['params']:,}")
 
 
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="ONNX model to write (.onnx); its manifest goes beside it (.onnx.json).")
+@click.option("--data", help=f"Samples for the parity check (default: the checkpoint's data): {DATA_HELP}.")
+@click.option("--opset", type=int, help="ONNX opset (default: the newest the exporter writes and the "
+              "installed onnxruntime runs).")
+@click.option("--static-batch", type=int, metavar="N", help="Fix the batch axis to N (default: dynamic).")
+@click.option("--exporter", default="dynamo", show_default=True, type=click.Choice(["dynamo", "torchscript"]),
+              help="torch.onnx.export with torch.export (dynamo) or the TorchScript tracer.")
+@click.option("--parity/--no-parity", default=True, show_default=True,
+              help="Compare ONNX Runtime with PyTorch on real samples at batch 1 and 7.")
+@click.option("--atol", default=1e-4, show_default=True, type=float, help="Parity: absolute tolerance.")
+@click.option("--rtol", default=1e-3, show_default=True, type=float, help="Parity: relative tolerance.")
+@click.option("--optimize", type=click.Choice(["basic", "extended", "all"]),
+              help="Save ONNX Runtime's optimised graph as the artifact (all: also hardware-specific "
+              "layouts, so run it on the same kind of CPU).")
+@click.option("--transformer", type=click.Choice(["bert", "bart", "gpt2", "t5", "vit", "clip", "unet", "vae", "phi"]),
+              help="Run onnxruntime.transformers' optimizer (attention/LayerNorm/GELU fusions) for "
+              "this model type.")
+@click.option("--num-heads", default=0, show_default=True, type=int,
+              help="Attention heads, for --transformer (0: detect).")
+@click.option("--hidden-size", default=0, show_default=True, type=int,
+              help="Hidden size, for --transformer (0: detect).")
+def export(**kwargs):
+    """Export a checkpoint to ONNX and check that ONNX Runtime computes what PyTorch does.
+
+    \b
+    Examples:
+      compress export runs/mnist/student.pt --out runs/mnist/student.onnx
+      compress export runs/mnist/teacher.pt --out runs/mnist/teacher.onnx --optimize extended
+    """
+    from .artifacts import manifest_path
+    from .export import ExportConfig, export as run_export
+
+    manifest = run_export(ExportConfig(**kwargs))
+    parity = manifest["parity"]
+    if parity:
+        batches = ", ".join(str(b["batch_size"]) for b in parity["batches"])
+        click.echo(f"parity: max |diff| {parity['max_abs_diff']:.2g}, top-1 agreement "
+                   f"{100 * parity['top1_agreement']:.1f}% on {parity['samples']} samples at batch {batches}")
+    else:
+        click.echo("parity: not checked (--no-parity)")
+    onnx_info = manifest["onnx"]
+    click.echo(f"onnx: opset {onnx_info['opset']}, {onnx_info['nodes']} nodes, "
+               f"{manifest['size_bytes'] / 1024:.1f} KiB, batch axis "
+               f"{'dynamic' if manifest['input_spec']['dynamic_axes'] else 'fixed'}")
+    click.echo(f"wrote {kwargs['out']}")
+    click.echo(f"wrote {manifest_path(kwargs['out'])}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and exit status 2."""
     try:

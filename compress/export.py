@@ -9,6 +9,7 @@ batch axis silently became fixed, the export fails and nothing is written.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import shutil
@@ -197,18 +198,32 @@ def _move_into_place(staging: Path, out: Path) -> None:
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """The exporters warn about things that do not concern the user (absent torchvision, ...)."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
+    """Keep the exporters' and optimizers' chatter (warnings, graph dumps) off the terminal.
+
+    What matters reaches the user through the exception, turned into one line by the caller.
+    """
+    names = ["torch", "onnxscript", "onnxruntime"] + [
+        name for name in logging.root.manager.loggerDict
+        if name.startswith(("torch.", "onnxscript.", "onnxruntime."))]
+    loggers = [logging.getLogger(name) for name in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception: torch.onnx wraps the useful message in generic ones."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
 
 
 def _export_to(model: torch.nn.Module, example: torch.Tensor, path: Path, config: ExportConfig,
@@ -234,7 +249,7 @@ def _export_to(model: torch.nn.Module, example: torch.Tensor, path: Path, config
     except Exception as exc:  # the exporters raise many types for models they cannot handle
         other = "torchscript" if config.exporter == "dynamo" else "dynamo"
         raise CompressError(f"torch.onnx ({config.exporter}) cannot export {config.checkpoint}: "
-                            f"{first_line(exc)}; try --exporter {other}") from None
+                            f"{first_line(_root_cause(exc))}; try --exporter {other}") from None
 
 
 def _resave(path: Path, external: bool) -> None:
@@ -286,36 +301,40 @@ def _check_onnx(path: Path) -> None:
 
 def _parity_check(model: torch.nn.Module, path: Path, samples: np.ndarray,
                   config: ExportConfig) -> dict[str, Any]:
-    """PyTorch and ONNX Runtime side by side on real samples, at batch 1 and 7 (or the static batch)."""
-    with torch.no_grad():
-        expected = model(torch.from_numpy(np.ascontiguousarray(samples))).float().numpy()
+    """PyTorch and ONNX Runtime on the same real batches, of size 1 and 7 (or the static batch).
+
+    Both see identical batches, so a model whose output depends on the batch's composition is
+    compared fairly, and a batch size the graph baked in fails loudly.
+    """
     runner = OnnxClassifier(open_session(path, role="exported model"), "the exported model")
-    batches = (config.static_batch,) if config.static_batch else PARITY_BATCHES
     results = []
-    for batch in batches:
+    for batch in ((config.static_batch,) if config.static_batch else PARITY_BATCHES):
         if batch == 1:
             count = max(PARITY_BATCHES)  # one at a time is slow for large models: a few suffice
         elif config.static_batch:
             count = len(samples)  # the last chunk is padded to the fixed size
         else:
             count = len(samples) // batch * batch
-        got = np.empty_like(expected[:count])
-        try:
-            for start in range(0, count, batch):
-                chunk = samples[start:start + batch]
-                if len(chunk) < batch:  # static batch: pad the last chunk
-                    chunk = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]),
-                                                            np.float32)])
-                got[start:start + batch] = runner.run(chunk)[:min(batch, count - start)]
-        except Exception as exc:  # onnxruntime rejects a batch size the graph baked in
-            raise CompressError(
-                f"parity check: the exported model fails at batch size {batch} ({first_line(exc, 120)}); "
-                "its batch axis was fixed during export — use --exporter dynamo, or --static-batch "
-                "if a fixed batch is intended") from None
-        results.append(_compare(expected[:count], got, batch, config))
-    worst = max(results, key=lambda r: r["max_abs_diff"])
+        expected, got = [], []
+        for start in range(0, count, batch):
+            chunk = samples[start:start + batch]
+            if len(chunk) < batch:
+                chunk = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), np.float32)])
+            keep = min(batch, count - start)
+            with torch.no_grad():
+                expected.append(model(torch.from_numpy(chunk)).float().numpy()[:keep])
+            try:
+                got.append(runner.run(chunk)[:keep])
+            except Exception as exc:  # onnxruntime rejects a batch size the graph baked in
+                raise CompressError(
+                    f"parity check: the exported model fails at batch size {batch} "
+                    f"({first_line(exc, 120)}); its batch axis was fixed during export (does the "
+                    "model read the batch size as a Python int?) — keep it a tensor size in the "
+                    "model, or pass --static-batch N if a fixed batch is intended") from None
+        results.append(_compare(np.concatenate(expected), np.concatenate(got), batch, config))
     report = {"atol": config.atol, "rtol": config.rtol, "samples": int(len(samples)),
-              "max_abs_diff": worst["max_abs_diff"], "max_rel_diff": max(r["max_rel_diff"] for r in results),
+              "max_abs_diff": max(r["max_abs_diff"] for r in results),
+              "max_rel_diff": max(r["max_rel_diff"] for r in results),
               "top1_agreement": min(r["top1_agreement"] for r in results), "batches": results}
     failed = [r for r in results if not r["passed"]]
     if failed:
@@ -325,7 +344,7 @@ def _parity_check(model: torch.nn.Module, path: Path, samples: np.ndarray,
             f"PyTorch's by up to {r['max_abs_diff']:.3g} (relative {r['max_rel_diff']:.3g}; allowed "
             f"atol {config.atol:g} + rtol {config.rtol:g}), top-1 agreement {100 * r['top1_agreement']:.1f}%; "
             "the model likely has data-dependent control flow or an op exported wrongly — fix the "
-            "model or loosen --atol/--rtol if the difference is expected")
+            "model, or loosen --atol/--rtol if the difference is expected")
     return report
 
 

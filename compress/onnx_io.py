@@ -98,7 +98,9 @@ def session_options(threads: int | None = None, optimization: str = "all",
                 "session.optimized_model_external_initializers_file_name", external_initializers)
             options.add_session_config_entry(
                 "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    options.log_severity_level = 3  # errors only: keep ORT's warnings off the user's terminal
+    # Fatal only: ORT's warnings and errors would reach the terminal as raw log lines; errors
+    # arrive as exceptions, which the callers turn into one-line messages.
+    options.log_severity_level = 4
     return options
 
 
