@@ -214,6 +214,103 @@ def export(**kwargs):
     click.echo(f"wrote {manifest_path(kwargs['out'])}")
 
 
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="int8 ONNX model to write (.onnx); its manifest goes beside it (.onnx.json).")
+@click.option("--data", help="Calibration and validation data (default: the data in the model's "
+              f"manifest): {DATA_HELP}.")
+@click.option("--preprocessing", type=click.Choice(["fit", "scale", "raw"]),
+              help="For a model without a manifest: how its inputs were normalised (fit: mean/std of "
+              "the training split, as compress train does; scale: pixels to [0, 1]; raw).")
+@click.option("--mode", default="static", show_default=True, type=click.Choice(["static", "dynamic"]),
+              help="static: activation ranges calibrated on --data; dynamic: computed at run time.")
+@click.option("--format", "format", default="qdq", show_default=True, type=click.Choice(["qdq", "qoperator"]),
+              help="Static format: QuantizeLinear/DequantizeLinear pairs, or integer operators.")
+@click.option("--activation-type", default="auto", show_default=True, type=click.Choice(["auto", "u8", "s8"]),
+              help="auto: what runs fast on this CPU (printed with the reason).")
+@click.option("--weight-type", default="auto", show_default=True, type=click.Choice(["auto", "u8", "s8"]))
+@click.option("--per-channel", is_flag=True, help="One scale per output channel of each weight.")
+@click.option("--calibration", default="minmax", show_default=True,
+              type=click.Choice(["minmax", "entropy", "percentile"]), help="How activation ranges are set.")
+@click.option("--calibration-samples", default=512, show_default=True, type=int,
+              help="Training samples that calibrate (static mode).")
+@click.option("--preprocess/--no-preprocess", default=True, show_default=True,
+              help="Run onnxruntime's quant_pre_process (shape inference, optimisation) first.")
+@click.option("--max-accuracy-drop", type=float, metavar="POINTS",
+              help="Accuracy budget against fp32 on the validation split: keep the most sensitive "
+              "nodes in float until it is met.")
+@click.option("--allow-over-budget", is_flag=True,
+              help="Exit 0 even when the budget cannot be met (the model is written either way).")
+@click.option("--search", is_flag=True, help="Try every sensible mode/format/type/per-channel setting, "
+              "time each, keep the fastest within the budget (1 point unless --max-accuracy-drop).")
+@click.option("--batch-size", default=64, show_default=True, type=int, help="Batch size of the timing.")
+@click.option("--threads", type=int, help="Intra-op threads of the timing (default: onnxruntime's).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Which training samples calibrate.")
+def quantize(**kwargs):
+    """Quantize an ONNX model to int8 with onnxruntime.quantization, then check accuracy and speed.
+
+    \b
+    Examples:
+      compress quantize runs/mnist/student.onnx --out runs/mnist/student.int8.onnx
+      compress quantize runs/mnist/teacher.onnx --out runs/mnist/teacher.int8.onnx \\
+                        --search --max-accuracy-drop 0.3
+      compress quantize model.onnx --data mnist:DIR --preprocessing fit --mode dynamic --out model.int8.onnx
+    """
+    from .artifacts import manifest_path
+    from .quantize import QuantizeConfig, quantize as run_quantize
+
+    def echo_progress(line: str) -> None:
+        click.echo(line, err=True)
+
+    config = QuantizeConfig(**kwargs)
+    try:
+        manifest = run_quantize(config, log=echo_progress)
+    except CompressError as exc:
+        if "misses the accuracy budget" in str(exc):  # written for inspection: show what was achieved
+            _print_quantized(read_manifest_for(config.out), config.out)
+        raise
+    _print_quantized(manifest, config.out)
+
+
+def read_manifest_for(artifact: str) -> dict:
+    from .artifacts import read_manifest
+
+    return read_manifest(artifact, required=True)
+
+
+def _print_quantized(manifest: dict, out: str) -> None:
+    from .artifacts import manifest_path
+
+    q, m = manifest["quantization"], manifest["metrics"]
+    click.echo(f"settings: {q['mode']}, {q['format']}, activations {q['activation_type']}, weights "
+               f"{q['weight_type']}{', per-channel' if q['per_channel'] else ''}"
+               f"{', reduce_range' if q['reduce_range'] else ''}"
+               + (f", {q['calibration']} calibration on {q['calibration_samples']} samples"
+                  if q["mode"] == "static" else ""))
+    for reason in q["reasons"]:
+        click.echo(f"  why: {reason}")
+    if q["search"]:
+        click.echo(f"{'candidate':<36} {'accuracy':>9} {'p50 ms':>8} {'speed-up':>8}")
+        for c in q["search"]:
+            acc = "n/a" if c["accuracy"] is None else f"{100 * c['accuracy']:.2f}%"
+            click.echo(f"{c['settings']:<36} {acc:>9} {c['p50_ms']:>8.3f} {c['speedup']:>7.2f}x")
+    if q["excluded_nodes"]:
+        click.echo(f"kept in float: {', '.join(q['excluded_nodes'])}")
+    if m["float_accuracy"] is not None:
+        click.echo(f"accuracy ({m['accuracy_split']}): fp32 {100 * m['float_accuracy']:.2f}% -> int8 "
+                   f"{100 * m['accuracy']:.2f}% (drop {m['accuracy_drop_points']:.2f} points)")
+    lat = m["latency"]
+    click.echo(f"latency (batch {lat['batch_size']}, p50): fp32 {lat['float']['p50_ms']:.3f} ms -> int8 "
+               f"{lat['int8']['p50_ms']:.3f} ms, {lat['speedup']:.2f}x "
+               f"({lat['speedup_range'][0]:.2f}-{lat['speedup_range'][1]:.2f}x over {lat['rounds']} rounds)")
+    click.echo(f"size: {m['float_size_bytes'] / 1024:.1f} KiB -> {m['size_bytes'] / 1024:.1f} KiB")
+    for warning in m["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"wrote {out}")
+    click.echo(f"wrote {manifest_path(out)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and exit status 2."""
     try:
