@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -21,10 +20,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import REPO, machine, write_section
+
 from compress.artifacts import manifest_path
 from compress.loop import resume_path
 
-REPO = Path(__file__).resolve().parent.parent
 SECTION = "distill_mnist"
 
 
@@ -54,24 +54,6 @@ class Run:
     @property
     def errors(self) -> int:
         return self.manifest["metrics"]["test_errors"]
-
-
-def machine() -> str:
-    import numpy
-    import onnxruntime
-    import torch
-
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), numpy {numpy.__version__}, "
-            f"onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}")
 
 
 def spread(values: list[int]) -> str:
@@ -231,7 +213,6 @@ def measure_cache_speedup(run, teacher: Run, student: list[str], repeats: int = 
 def write_results(path: Path, machine_line: str, table: list[str], throughput: list[str],
                   commands: list[str]) -> None:
     body = [
-        f"<!-- {SECTION}:begin -->",
         "## Distillation on MNIST (`benchmarks/distill_mnist.py`)",
         "",
         f"Command: `python benchmarks/distill_mnist.py --data ../shared/data/mnist` "
@@ -249,17 +230,8 @@ def write_results(path: Path, machine_line: str, table: list[str], throughput: l
         *[f"    {c}" for c in commands],
         "",
         "</details>",
-        f"<!-- {SECTION}:end -->",
     ]
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    begin, end = f"<!-- {SECTION}:begin -->", f"<!-- {SECTION}:end -->"
-    if begin in text and end in text:
-        text = text[:text.index(begin)] + "\n".join(body) + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(body) + "\n"
-    path.write_text(text)
-    print("\n".join(body))
-    print(f"wrote {path}")
+    write_section(path, SECTION, body)
 
 
 if __name__ == "__main__":

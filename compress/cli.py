@@ -257,7 +257,6 @@ def quantize(**kwargs):
                         --search --max-accuracy-drop 0.3
       compress quantize model.onnx --data mnist:DIR --preprocessing fit --mode dynamic --out model.int8.onnx
     """
-    from .artifacts import manifest_path
     from .quantize import QuantizeConfig, quantize as run_quantize
 
     def echo_progress(line: str) -> None:
