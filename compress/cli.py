@@ -168,6 +168,9 @@ def _list_layers(model: str, data: str, model_args: tuple[str, ...]) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="ONNX model to write (.onnx); its manifest goes beside it (.onnx.json).")
 @click.option("--data", help=f"Samples for the parity check (default: the checkpoint's data): {DATA_HELP}.")
+@click.option("--preprocessing", type=click.Choice(["fit", "scale", "raw"]),
+              help="For a checkpoint without a manifest: how its inputs were normalised (see "
+              "`compress quantize --help`).")
 @click.option("--opset", type=int, help="ONNX opset (default: the newest the exporter writes and the "
               "installed onnxruntime runs).")
 @click.option("--static-batch", type=int, metavar="N", help="Fix the batch axis to N (default: dynamic).")

@@ -45,6 +45,7 @@ class ExportConfig:
     checkpoint: str
     out: str
     data: str | None = None            # samples for the parity check (default: the checkpoint's data)
+    preprocessing: str | None = None   # fit | scale | raw, for a checkpoint without a manifest
     opset: int | None = None           # default: the newest the exporter writes and onnxruntime runs
     static_batch: int | None = None    # fix the batch axis to this size instead of a dynamic one
     exporter: str = "dynamo"           # torch.onnx.export(dynamo=True) or the TorchScript tracer
@@ -109,7 +110,7 @@ def export(config: ExportConfig) -> dict[str, Any]:
         if not source and not config.data:
             raise CompressError(f"{config.checkpoint} has no manifest naming its data; pass --data "
                                 "for the parity check (or --no-parity to skip it)")
-        dataset = load_dataset_for(config.checkpoint, source, config.data)
+        dataset = load_dataset_for(config.checkpoint, source, config.data, config.preprocessing)
         if tuple(dataset.in_shape) != in_shape:
             raise CompressError(f"{config.checkpoint} takes samples of shape {list(in_shape)} but "
                                 f"{dataset.spec} gives {list(dataset.in_shape)}; pass the data it was "

@@ -162,6 +162,7 @@ def test_cli_export_prints_parity_and_paths(student_pt, tmp_path, capsys):
     ("not_onnx_suffix", "must end in .onnx"),
     ("wrong_data_shape", "takes samples of shape [1, 8, 8]"),
     ("no_manifest_no_data", "has no manifest naming its data"),
+    ("no_manifest_no_preprocessing", "--preprocessing fit"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(student_pt, tmp_path, capsys, case, message):
     checkpoint, out, extra = str(student_pt), tmp_path / "out.onnx", []
@@ -183,12 +184,23 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(student_pt, tmp_path, 
                  y_train=np.arange(20) % 10, x_test=rng.integers(0, 255, (10, 1, 10, 10), dtype=np.uint8),
                  y_test=np.arange(10))
         extra = ["--data", f"npz:{npz}"]
-    elif case == "no_manifest_no_data":
+    elif case in ("no_manifest_no_data", "no_manifest_no_preprocessing"):
         bare = tmp_path / "bare.pt"
         bare.write_bytes(student_pt.read_bytes())
         checkpoint = str(bare)
+        extra = ["--data", "digits"] if case == "no_manifest_no_preprocessing" else []
     code, _, err = run_cli(["export", checkpoint, "--out", str(out), *extra], capsys)
     assert code == 2
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not out.exists() and not manifest_path(out).exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_checkpoint_without_manifest_exports_with_data_and_preprocessing(student_pt, tmp_path):
+    bare = tmp_path / "bare.pt"
+    bare.write_bytes(student_pt.read_bytes())
+    out = tmp_path / "bare.onnx"
+    manifest = export(ExportConfig(checkpoint=str(bare), out=str(out), data="digits", preprocessing="fit"))
+    source = json.loads(manifest_path(student_pt).read_text())
+    assert manifest["preprocessing"] == source["preprocessing"]  # fitted the same way as training did
+    assert manifest["labels"] == source["labels"] and manifest["parity"]["top1_agreement"] == 1.0
