@@ -331,8 +331,8 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except KeyboardInterrupt:
-        click.echo("interrupted: finished epochs are kept; run the same command with --resume to "
-                   "continue", err=True)
+        click.echo("interrupted: no half-written output was kept (train/distill keep finished "
+                   "epochs: run the same command with --resume to continue)", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
