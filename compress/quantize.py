@@ -317,7 +317,8 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] = lambda line: N
             chosen = _exclude_until_within(quantizer, chosen, sensitivity, float_accuracy, budget,
                                            accuracy_of, log)
 
-        speed = _time_candidates(config.model, [chosen], timing_input, config)
+        # a copy: the search figures of the chosen candidate stay as they were measured
+        speed = _time_candidates(config.model, [replace(chosen)], timing_input, config)
         over_budget = budget is not None and _drop(float_accuracy, chosen.accuracy) > budget
         warnings_ = _speed_warnings(chosen, speed, cpu)
         coverage = _int8_coverage(chosen.path)
