@@ -293,10 +293,10 @@ def _print_quantized(manifest: dict, out: str) -> None:
     for reason in q["reasons"]:
         click.echo(f"  why: {reason}")
     if q["search"]:
-        click.echo(f"{'candidate':<36} {'accuracy':>9} {'p50 ms':>8} {'speed-up':>8}")
+        click.echo(f"{'candidate':<42} {'accuracy':>9} {'p50 ms':>8} {'speed-up':>8}")
         for c in q["search"]:
             acc = "n/a" if c["accuracy"] is None else f"{100 * c['accuracy']:.2f}%"
-            click.echo(f"{c['settings']:<36} {acc:>9} {c['p50_ms']:>8.3f} {c['speedup']:>7.2f}x")
+            click.echo(f"{c['settings']:<42} {acc:>9} {c['p50_ms']:>8.3f} {c['speedup']:>7.2f}x")
     if q["excluded_nodes"]:
         click.echo(f"kept in float: {', '.join(q['excluded_nodes'])}")
     if m["float_accuracy"] is not None:
