@@ -261,9 +261,8 @@ def _quiet() -> Iterator[None]:
 def quantize(config: QuantizeConfig, log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Quantize ``config.model`` to ``config.out`` (with manifest); return the manifest.
 
-    ``log`` receives progress lines. Raises CompressError for bad input, and for a model over the
-    accuracy budget unless ``allow_over_budget`` (the model and manifest are written first, so the
-    user can inspect what was achieved).
+    ``log`` receives progress lines. Raises CompressError for bad input, and for a model that
+    misses the accuracy budget unless ``allow_over_budget``; then nothing is written.
     """
     check_config(config)
     load_model(config.model, role="model")
@@ -289,47 +288,46 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] = lambda line: N
         float_accuracy = float_runner.accuracy(eval_x, eval_y) if eval_x is not None else None
         accuracy_of = _accuracy_meter(eval_x, eval_y)
 
+        def drop(candidate: Candidate) -> float:
+            return _drop(float_accuracy, candidate.accuracy)
+
         candidates: list[Candidate] = []
+        chosen: Candidate | None = None
         if config.search:
-            log(f"search: trying {len(search_space(base, cpu))} settings")
-            for settings in search_space(base, cpu):
-                candidate = Candidate(settings, quantizer.quantize(settings))
-                candidate.accuracy = accuracy_of(candidate.path)
-                candidates.append(candidate)
-                log(f"  {settings.label}: accuracy {_pct(candidate.accuracy)}")
-            _time_candidates(config.model, candidates, timing_input, config)
-            within = [c for c in candidates if _drop(float_accuracy, c.accuracy) <= budget]
+            candidates = _search(quantizer, search_space(base, cpu), accuracy_of, timing_input, config, log)
+            within = [c for c in candidates if drop(c) <= budget]
             chosen = min(within, key=lambda c: c.latency["p50_ms"]) if within else None
             if chosen is None:
                 log(f"search: no setting is within {budget} points; keeping the most sensitive "
                     "nodes in float for the default setting")
-                chosen = Candidate(base, quantizer.quantize(base))
-                chosen.accuracy = accuracy_of(chosen.path)
-        else:
+        if chosen is None:
             chosen = Candidate(base, quantizer.quantize(base))
             chosen.accuracy = accuracy_of(chosen.path)
 
         sensitivity = None
-        if budget is not None and _drop(float_accuracy, chosen.accuracy) > budget:
-            log(f"{chosen.settings.label}: accuracy drop {_drop(float_accuracy, chosen.accuracy):.2f} "
-                f"points is over the budget of {budget}; ranking nodes by quantization error")
+        if budget is not None and drop(chosen) > budget:
+            log(f"{chosen.settings.label}: accuracy drop {drop(chosen):.2f} points is over the "
+                f"budget of {budget}; ranking nodes by quantization error")
             sensitivity = _rank_nodes(quantizer, chosen.settings, float_runner, float_path, eval_x)
             chosen = _exclude_until_within(quantizer, chosen, sensitivity, float_accuracy, budget,
                                            accuracy_of, log)
+        over_budget = budget is not None and drop(chosen) > budget
+        if over_budget and not config.allow_over_budget:
+            raise CompressError(
+                f"int8 misses the accuracy budget: {drop(chosen):.2f} points below fp32 "
+                f"({_pct(chosen.accuracy)} against {_pct(float_accuracy)} on {eval_split}) with "
+                f"{len(chosen.excluded)} nodes kept in float, budget {budget}; nothing written — "
+                "raise --max-accuracy-drop, or pass --allow-over-budget to keep this model")
 
         # a copy: the search figures of the chosen candidate stay as they were measured
         speed = _time_candidates(config.model, [replace(chosen)], timing_input, config)
-        over_budget = budget is not None and _drop(float_accuracy, chosen.accuracy) > budget
         warnings_ = _speed_warnings(chosen, speed, cpu)
         coverage = _int8_coverage(chosen.path)
-
         with atomic_path(out) as tmp:
             shutil.copyfile(chosen.path, tmp)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    float_size = model_info(config.model)["size_bytes"]
-    int8_info = model_info(out)
     manifest = new_manifest(out, "quantize", asdict(config))
     manifest["inputs"] = [input_record("model", config.model)]
     for key in ("model", "input_spec", "output_spec", "preprocessing", "labels", "data"):
@@ -346,24 +344,34 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] = lambda line: N
         "sensitivity": sensitivity,
         "search": [_candidate_record(c, float_accuracy) for c in candidates] or None,
     }
+    int8_info = model_info(out)
     manifest["metrics"] = {
         "accuracy_split": eval_split, "float_accuracy": float_accuracy, "accuracy": chosen.accuracy,
-        "accuracy_drop_points": _drop(float_accuracy, chosen.accuracy) if float_accuracy is not None else None,
-        "float_size_bytes": float_size, "size_bytes": int8_info["size_bytes"],
+        "accuracy_drop_points": drop(chosen) if float_accuracy is not None else None,
+        "float_size_bytes": model_info(config.model)["size_bytes"], "size_bytes": int8_info["size_bytes"],
         "latency": speed, "warnings": warnings_,
-        "recommendation": "keep fp32" if warnings_ and speed["speedup"] < NOT_FASTER_RATIO else "int8",
+        "recommendation": "keep fp32" if speed["speedup"] < NOT_FASTER_RATIO else "int8",
     }
     manifest["onnx"] = {"opset": int8_info["opset"], "nodes": int8_info["nodes"],
                         "op_types": int8_info["op_types"]}
     manifest["sha256"] = sha256_file(out)
     manifest["size_bytes"] = int8_info["size_bytes"]
     write_json(manifest_path(out), manifest)
-    if over_budget and not config.allow_over_budget:
-        raise CompressError(
-            f"{out} misses the accuracy budget: {_drop(float_accuracy, chosen.accuracy):.2f} points "
-            f"below fp32 (budget {budget}) even with {len(chosen.excluded)} nodes in float; it was "
-            "written for inspection — pass --allow-over-budget to accept it, or raise --max-accuracy-drop")
     return manifest
+
+
+def _search(quantizer: Quantizer, space: list[Settings], accuracy_of: Callable[[Path], float | None],
+            timing_input: np.ndarray, config: QuantizeConfig, log: Callable[[str], None]) -> list[Candidate]:
+    """Every setting of ``space`` quantized, its accuracy measured, all timed in one interleaved run."""
+    log(f"search: trying {len(space)} settings")
+    candidates = []
+    for settings in space:
+        candidate = Candidate(settings, quantizer.quantize(settings))
+        candidate.accuracy = accuracy_of(candidate.path)
+        candidates.append(candidate)
+        log(f"  {settings.label}: accuracy {_pct(candidate.accuracy)}")
+    _time_candidates(config.model, candidates, timing_input, config)
+    return candidates
 
 
 def _parent(out: Path) -> Path:

@@ -136,9 +136,12 @@ def test_budget_out_of_reach_is_an_error_unless_allowed(outlier_mlp_onnx, tmp_pa
         main(args)
     captured = capsys.readouterr()
     assert exit_info.value.code == 2 and "misses the accuracy budget" in captured.err
-    assert out.exists() and json.loads(manifest_path(out).read_text())["quantization"]["over_budget"]
+    error_lines = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and "nothing written" in error_lines[0]
+    assert not out.exists() and not manifest_path(out).exists()
     main(args + ["--allow-over-budget"])
     assert "accuracy (val)" in capsys.readouterr().out
+    assert json.loads(manifest_path(out).read_text())["quantization"]["over_budget"]
 
 
 def test_search_keeps_the_fastest_setting_within_budget(mlp_onnx, tmp_path):
