@@ -296,8 +296,7 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] = lambda line: N
         if config.search:
             candidates = _search(quantizer, search_space(base, cpu), accuracy_of, timing_input, config, log)
             within = [c for c in candidates if drop(c) <= budget]
-            # by speed-up over fp32: each was measured beside fp32, so drift between pairs cancels
-            chosen = max(within, key=lambda c: c.speedup[0]) if within else None
+            chosen = _pick(within, base, log)
             if chosen is None:
                 log(f"search: no setting is within {budget} points; keeping the most sensitive "
                     "nodes in float for the default setting")
@@ -359,6 +358,22 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] = lambda line: N
     manifest["size_bytes"] = int8_info["size_bytes"]
     write_json(manifest_path(out), manifest)
     return manifest
+
+
+def _pick(within: list[Candidate], base: Settings, log: Callable[[str], None]) -> Candidate | None:
+    """The fastest candidate by speed-up over fp32 (each was timed beside fp32, so drift between
+    pairs cancels) — unless the default setting is within that one's round-to-round spread: then
+    the default, rather than a winner by noise."""
+    if not within:
+        return None
+    fastest = max(within, key=lambda c: c.speedup[0])
+    default = next((c for c in within if replace(c.settings, reasons=()) == replace(base, reasons=())), None)
+    if default is not None and default is not fastest and default.speedup[0] >= fastest.speedup[1]:
+        log(f"search: keeping the default {default.settings.label} ({default.speedup[0]:.2f}x): the "
+            f"fastest, {fastest.settings.label} ({fastest.speedup[0]:.2f}x), is not faster beyond "
+            f"its spread ({fastest.speedup[1]:.2f}-{fastest.speedup[2]:.2f}x)")
+        return replace(default, settings=base)
+    return fastest
 
 
 def _search(quantizer: Quantizer, space: list[Settings], accuracy_of: Callable[[Path], float | None],
@@ -579,4 +594,5 @@ def _candidate_record(c: Candidate, float_accuracy: float | None) -> dict[str, A
             "per_channel": c.settings.per_channel, "accuracy": c.accuracy,
             "accuracy_drop_points": _drop(float_accuracy, c.accuracy),
             "p50_ms": c.latency["p50_ms"] if c.latency else None,
-            "speedup": c.speedup[0] if c.speedup else None}
+            "speedup": c.speedup[0] if c.speedup else None,
+            "speedup_range": [c.speedup[1], c.speedup[2]] if c.speedup else None}
