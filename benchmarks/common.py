@@ -25,6 +25,12 @@ def machine() -> str:
             f"onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}")
 
 
+def commands_block(commands: list[str]) -> list[str]:
+    """A folded list of the commands that made a table."""
+    return ["<details><summary>Every command the table is made of</summary>", "",
+            *[f"    {c}" for c in commands], "", "</details>"]
+
+
 def write_section(path: Path, section: str, body: list[str]) -> None:
     """Replace the part of ``path`` between ``<!-- section:begin/end -->`` (or append it)."""
     begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import REPO, machine, write_section
+from common import REPO, commands_block, machine, write_section
 
 from compress.artifacts import manifest_path
 from compress.loop import resume_path
@@ -225,11 +225,7 @@ def write_results(path: Path, machine_line: str, table: list[str], throughput: l
         "",
         *throughput,
         "",
-        "<details><summary>Every command the table is made of</summary>",
-        "",
-        *[f"    {c}" for c in commands],
-        "",
-        "</details>",
+        *commands_block(commands),
     ]
     write_section(path, SECTION, body)
 

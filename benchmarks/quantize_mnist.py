@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, machine, write_section
+from common import RESULTS, commands_block, machine, write_section
 
 from compress.artifacts import manifest_path
 from compress.bench.latency import compare
@@ -211,11 +211,7 @@ def write_results(path: Path, table: list[str], notes: list[str], commands: list
         "",
         *notes,
         "",
-        "<details><summary>Every command the table is made of</summary>",
-        "",
-        *[f"    {c}" for c in commands],
-        "",
-        "</details>",
+        *commands_block(commands),
     ]
     write_section(path, SECTION, body)
 

@@ -520,9 +520,9 @@ def _time_candidates(float_model: str, candidates: list[Candidate], x: np.ndarra
     spin for a while after each run, and other idle sessions would steal the cores. Returns the
     figures of the last candidate.
     """
+    float_runner = OnnxClassifier(open_session(float_model, threads=config.threads))
     for c in candidates:
-        pair = {"fp32": OnnxClassifier(open_session(float_model, threads=config.threads)),
-                "int8": OnnxClassifier(open_session(c.path, threads=config.threads))}
+        pair = {"fp32": float_runner, "int8": OnnxClassifier(open_session(c.path, threads=config.threads))}
         calls = {name: (lambda r=r: r.session.run([r.output_name], {r.input_name: x}))
                  for name, r in pair.items()}
         result = compare(calls, baseline="fp32", batch_size=len(x), rounds=rounds, seconds_per_round=0.2)

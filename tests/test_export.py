@@ -164,7 +164,8 @@ def test_cli_export_prints_parity_and_paths(student_pt, tmp_path, capsys):
     ("no_manifest_no_data", "has no manifest naming its data"),
     ("no_manifest_no_preprocessing", "--preprocessing fit"),
 ])
-def test_bad_input_is_one_line_exit_2_and_nothing_written(student_pt, tmp_path, capsys, case, message):
+def test_bad_input_is_one_line_exit_2_and_nothing_written(student_pt, tmp_path, wide_npz, capsys, case,
+                                                           message):
     checkpoint, out, extra = str(student_pt), tmp_path / "out.onnx", []
     if case == "missing":
         checkpoint = str(tmp_path / "nope.pt")
@@ -178,12 +179,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(student_pt, tmp_path, 
     elif case == "not_onnx_suffix":
         out = tmp_path / "out.pt"
     elif case == "wrong_data_shape":
-        npz = tmp_path / "wide.npz"
-        rng = np.random.default_rng(0)
-        np.savez(npz, x_train=rng.integers(0, 255, (20, 1, 10, 10), dtype=np.uint8),
-                 y_train=np.arange(20) % 10, x_test=rng.integers(0, 255, (10, 1, 10, 10), dtype=np.uint8),
-                 y_test=np.arange(10))
-        extra = ["--data", f"npz:{npz}"]
+        extra = ["--data", f"npz:{wide_npz}"]
     elif case in ("no_manifest_no_data", "no_manifest_no_preprocessing"):
         bare = tmp_path / "bare.pt"
         bare.write_bytes(student_pt.read_bytes())

@@ -4,7 +4,6 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -214,7 +213,7 @@ def test_cli_prints_choices_accuracy_latency_and_paths(mlp_onnx, tmp_path, capsy
     ("no_manifest_no_preprocessing", "--preprocessing"),
     ("same_out", "must differ from the input model"),
 ])
-def test_bad_input_is_one_line_exit_2_and_nothing_written(mlp_onnx, tmp_path, capsys, case, message):
+def test_bad_input_is_one_line_exit_2_and_nothing_written(mlp_onnx, tmp_path, wide_npz, capsys, case, message):
     model, out, extra = str(mlp_onnx), tmp_path / "out.onnx", []
     bare = tmp_path / "bare.onnx"
     if case == "missing":
@@ -229,12 +228,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(mlp_onnx, tmp_path, ca
         proto.opset_import[0].version = onnx.defs.onnx_opset_version()
         onnx.save(proto, model := str(tmp_path / "future.onnx"))
     elif case == "wrong_shape_data":
-        npz = tmp_path / "wide.npz"
-        rng = np.random.default_rng(0)
-        np.savez(npz, x_train=rng.integers(0, 255, (20, 1, 10, 10), dtype=np.uint8),
-                 y_train=np.arange(20) % 10, x_test=rng.integers(0, 255, (10, 1, 10, 10), dtype=np.uint8),
-                 y_test=np.arange(10))
-        extra = ["--data", f"npz:{npz}"]
+        extra = ["--data", f"npz:{wide_npz}"]
     elif case == "no_manifest_static":
         bare.write_bytes(mlp_onnx.read_bytes())
         model = str(bare)
