@@ -301,6 +301,75 @@ def _print_quantized(manifest: dict, out: str) -> None:
     click.echo(f"wrote {manifest_path(out)}")
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CompressError(f"{option} takes comma-separated whole numbers, e.g. 1,64; got {text!r}") from None
+    if not values:
+        raise CompressError(f"{option} is empty; give e.g. 1,64")
+    return values
+
+
+@cli.command()
+@click.argument("models", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--baseline", type=click.Path(dir_okay=False),
+              help="The model the others are compared with (default: the first).")
+@click.option("--data", help=f"Test data (default: each model's manifest data): {DATA_HELP}.")
+@click.option("--preprocessing", type=click.Choice(["fit", "scale", "raw"]),
+              help="For models without a manifest: how their inputs were normalised.")
+@click.option("--providers", default="cpu", show_default=True,
+              help="Execution providers, comma-separated: cpu, cuda, tensorrt.")
+@click.option("--batch-sizes", default="1,64", show_default=True)
+@click.option("--threads", default="1", show_default=True, help="Intra-op thread counts, comma-separated.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False),
+              help="Folder for report.json, report.md, report.html and plot.png.")
+@click.option("--warmup", default=10, show_default=True, type=int, help="Untimed runs first.")
+@click.option("--min-runs", default=50, show_default=True, type=int,
+              help="Timed runs per model and configuration, at least.")
+@click.option("--min-time", "min_seconds", default=1.0, show_default=True, type=float,
+              help="Seconds of timed runs per model and configuration, at least.")
+@click.option("--optimization", default="all", show_default=True,
+              type=click.Choice(["disable", "basic", "extended", "all"]), help="ONNX Runtime graph optimisation.")
+@click.option("--include-copies", is_flag=True,
+              help="GPU: time host-to-device and back copies too (default: IOBinding keeps data on the device).")
+@click.option("--accuracy-samples", type=int, help="Test samples for accuracy (default: all).")
+@click.option("--memory/--no-memory", default=True, show_default=True,
+              help="Measure each model's peak resident memory in a fresh process.")
+@click.option("--compare", "compare_paths", nargs=2, type=click.Path(), metavar="OLD NEW",
+              help="Compare two report.json files instead: what got faster or slower beyond noise.")
+def bench(models, baseline, providers, batch_sizes, threads, report_dir, compare_paths, **kwargs):
+    """Latency and accuracy of ONNX models against a baseline, written up as a report.
+
+    \b
+    Examples:
+      compress bench runs/mnist/teacher.onnx runs/mnist/student.onnx runs/mnist/student.int8.onnx \\
+          --baseline runs/mnist/teacher.onnx --providers cpu,cuda --batch-sizes 1,64 --threads 1,2 \\
+          --report reports/mnist
+      compress bench --compare reports/old/report.json reports/new/report.json
+    """
+    from .bench.report import compare_reports, load_report, terminal_table, write_report
+    from .bench.run import BenchConfig, bench as run_bench
+
+    if compare_paths:
+        if models:
+            raise CompressError("--compare takes two reports and no models; run them separately")
+        for change in compare_reports(load_report(compare_paths[0]), load_report(compare_paths[1])):
+            click.echo(f"{change['model']:<28} {change['provider']:<5} batch {change['batch_size']:<4} "
+                       f"threads {change['threads']:<2} p50 {change['old_p50_ms']:.3f} -> "
+                       f"{change['new_p50_ms']:.3f} ms ({change['ratio']:.2f}x): {change['verdict']}")
+        return
+    if not report_dir:
+        raise CompressError("no report folder given; pass --report DIR")
+    config = BenchConfig(models=list(models), baseline=baseline, report=report_dir,
+                         providers=providers.split(","), batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
+                         threads=_int_list(threads, "--threads"), **kwargs)
+    report = run_bench(config, log=lambda line: click.echo(line, err=True))
+    click.echo(terminal_table(report))
+    for path in write_report(report, report_dir):
+        click.echo(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and exit status 2."""
     try:

@@ -51,3 +51,50 @@ def cpu_info() -> CpuInfo:
         pass
     return CpuInfo(model=model, architecture=platform.machine().lower(),
                    logical_cores=os.cpu_count() or 1, flags=frozenset(flags))
+
+
+def memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def gpus() -> list[dict]:
+    """Name, driver and memory of each NVIDIA GPU (empty when nvidia-smi is absent)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    found = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3:
+            found.append({"name": parts[0], "driver": parts[1], "memory": parts[2]})
+    return found
+
+
+def machine_info(with_gpus: bool) -> dict:
+    """Hardware and software a latency figure depends on, for reports."""
+    import numpy
+    import onnx
+    import onnxruntime
+
+    from . import __version__
+
+    software = {"os": platform.platform(), "python": platform.python_version(),
+                "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
+                "numpy": numpy.__version__, "compress": __version__}
+    try:
+        import torch
+        software["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return {"cpu": cpu_info().describe(), "memory_bytes": memory_bytes(),
+            "gpus": gpus() if with_gpus else [], "software": software}

@@ -67,6 +67,7 @@ class Comparison:
     stats: dict[str, LatencyStats]
     round_p50_ms: dict[str, list[float]]
     baseline: str
+    seconds: dict[str, np.ndarray]  # every timed call, per callable
 
     def speedup(self, name: str) -> tuple[float, float, float]:
         """Baseline p50 / ``name`` p50: the median over rounds, and the lowest and highest round."""
@@ -90,4 +91,5 @@ def compare(calls: dict[str, Callable[[], object]], baseline: str, batch_size: i
                                           min_seconds=seconds_per_round))
     stats = {n: LatencyStats.from_times(np.concatenate(times[n]), batch_size) for n in names}
     round_p50 = {n: [float(np.median(t)) * 1e3 for t in times[n]] for n in names}
-    return Comparison(stats=stats, round_p50_ms=round_p50, baseline=baseline)
+    return Comparison(stats=stats, round_p50_ms=round_p50, baseline=baseline,
+                      seconds={n: np.concatenate(times[n]) for n in names})

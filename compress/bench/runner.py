@@ -1,0 +1,155 @@
+"""Running one model on one execution provider: sessions, IOBinding, node placement, memory."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import CompressError
+from ..onnx_io import OnnxClassifier, first_line, open_session
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "tensorrt": "TensorrtExecutionProvider"}
+
+
+def resolve_providers(names: list[str]) -> list[str]:
+    """``cpu,cuda`` -> ONNX Runtime provider names; unknown or unavailable ones are an error."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    resolved = []
+    for name in names:
+        key = name.strip().lower()
+        if key not in PROVIDERS:
+            raise CompressError(f"unknown provider {name!r}; use one of {', '.join(PROVIDERS)}")
+        if PROVIDERS[key] not in available:
+            have = ", ".join(k for k, v in PROVIDERS.items() if v in available)
+            raise CompressError(f"provider {key} ({PROVIDERS[key]}) is not available in this "
+                                f"onnxruntime build (available: {have}); install onnxruntime-gpu "
+                                "for cuda/tensorrt, or drop it from --providers")
+        resolved.append(key)
+    return resolved
+
+
+def provider_chain(provider: str) -> list[str]:
+    """The provider first, CPU behind it for the nodes it cannot run (reported by placement)."""
+    chain = [PROVIDERS[provider]]
+    if provider == "tensorrt":
+        chain.append(PROVIDERS["cuda"])
+    if provider != "cpu":
+        chain.append(PROVIDERS["cpu"])
+    return chain
+
+
+@dataclass
+class Loaded:
+    """A session ready to time, with what it cost to get there."""
+
+    runner: OnnxClassifier
+    provider: str
+    create_s: float
+
+
+def load(path: Path, provider: str, threads: int | None, optimization: str) -> Loaded:
+    start = time.perf_counter()
+    session = open_session(path, role="model", threads=threads, optimization=optimization,
+                           providers=provider_chain(provider))
+    create_s = time.perf_counter() - start
+    if provider != "cpu" and session.get_providers()[0] != PROVIDERS[provider]:
+        raise CompressError(f"{path}: onnxruntime could not start {PROVIDERS[provider]} (it fell back "
+                            "to CPU for the whole model); check the GPU driver and CUDA libraries")
+    return Loaded(OnnxClassifier(session, f"model {path}"), provider, create_s)
+
+
+def make_call(loaded: Loaded, batch: np.ndarray, include_copies: bool) -> Callable[[], object]:
+    """The timed call. On a GPU, inputs and outputs stay on the device (IOBinding) unless
+    ``include_copies``, so host-device copies are not silently part of the figure."""
+    runner = loaded.runner
+    session = runner.session
+    feeds = {runner.input_name: batch}
+    if loaded.provider == "cpu" or include_copies:
+        outputs = [runner.output_name]
+        return lambda: session.run(outputs, feeds)
+    import onnxruntime as ort
+
+    device = "cuda"
+    value = ort.OrtValue.ortvalue_from_numpy(batch, device, 0)
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(runner.input_name, value)
+    binding.bind_output(runner.output_name, device)
+
+    def run_bound():
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()  # the kernels have finished when the clock stops
+    return run_bound
+
+
+def first_run_s(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def node_placement(path: Path, provider: str, threads: int | None, optimization: str,
+                   batch: np.ndarray) -> dict[str, int]:
+    """How many nodes each provider ran, from one profiled run (a GPU provider may silently leave
+    some nodes to the CPU)."""
+    import onnxruntime as ort
+
+    from ..onnx_io import session_options
+
+    with tempfile.TemporaryDirectory() as folder:
+        options = session_options(threads, optimization)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(folder) / "profile")
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options,
+                                           providers=provider_chain(provider))
+            runner = OnnxClassifier(session)
+            runner.run(batch)
+            events = json.loads(Path(session.end_profiling()).read_text())
+        except Exception as exc:
+            raise CompressError(f"{path}: profiling the node placement failed ({first_line(exc)})") from None
+    counts: dict[str, int] = {}
+    seen = set()
+    for event in events:
+        args = event.get("args") or {}
+        if event.get("cat") == "Node" and "provider" in args and event.get("name") not in seen:
+            seen.add(event.get("name"))
+            counts[args["provider"]] = counts.get(args["provider"], 0) + 1
+    return counts
+
+
+def peak_memory_mb(path: Path, provider: str, threads: int | None, optimization: str,
+                   batch: np.ndarray, runs: int = 10) -> tuple[float, float]:
+    """Peak resident memory (MiB) of a fresh process that loads the model and runs it, and what
+    the same process held before loading it (the runtime and libraries alone)."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_measure_peak_memory, (str(path), provider, threads, optimization, batch, runs))
+
+
+def _measure_peak_memory(path: str, provider: str, threads: int | None, optimization: str,
+                         batch: np.ndarray, runs: int) -> tuple[float, float]:
+    import resource
+    import sys
+
+    def peak_mb() -> float:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+    import importlib
+
+    importlib.import_module("onnxruntime")  # the runtime counts as the process's, not the model's
+    before = peak_mb()
+    loaded = load(Path(path), provider, threads, optimization)
+    for _ in range(runs):
+        loaded.runner.run(batch)
+    return peak_mb(), before
