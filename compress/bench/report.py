@@ -190,7 +190,7 @@ def plot_png(report: dict) -> bytes:
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", bbox_inches="tight")  # keep labels that run past the axes
     plt.close(fig)
     return buffer.getvalue()
 

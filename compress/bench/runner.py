@@ -138,18 +138,31 @@ def peak_memory_mb(path: Path, provider: str, threads: int | None, optimization:
 
 def _measure_peak_memory(path: str, provider: str, threads: int | None, optimization: str,
                          batch: np.ndarray, runs: int) -> tuple[float, float]:
-    import resource
-    import sys
-
-    def peak_mb() -> float:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
-
     import importlib
 
     importlib.import_module("onnxruntime")  # the runtime counts as the process's, not the model's
-    before = peak_mb()
+    before = _memory_mb("VmRSS")
     loaded = load(Path(path), provider, threads, optimization)
     for _ in range(runs):
         loaded.runner.run(batch)
-    return peak_mb(), before
+    return _memory_mb("VmHWM"), before
+
+
+def _memory_mb(field: str) -> float:
+    """Resident (VmRSS) or peak resident (VmHWM) memory of this process, in MiB.
+
+    Read from /proc: getrusage's maxrss survives exec on Linux, so a spawned child would report
+    the peak of the parent it was forked from.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
