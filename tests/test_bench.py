@@ -160,6 +160,7 @@ def run_cli(args, capsys):
     ("bad_batch", "batch sizes must be at least 1"),
     ("no_report", "pass --report DIR"),
     ("no_models", "no models given"),
+    ("zero_samples", "--accuracy-samples must be at least 1"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_report(models, tmp_path, wide_npz, capsys, case, message):
     if case == "unavailable_provider" and HAS_CUDA:
@@ -180,6 +181,8 @@ def test_bad_input_is_one_line_exit_2_and_no_report(models, tmp_path, wide_npz, 
         args = args[:2]
     elif case == "no_models":
         args = ["bench", "--report", str(report)]
+    elif case == "zero_samples":
+        args += ["--accuracy-samples", "0"]
     code, err = run_cli(args, capsys)
     assert code == 2
     error_lines = [line for line in err.splitlines() if line.startswith("error: ")]
