@@ -7,6 +7,7 @@ overhead) and a small one (a 64-256-256-10 MLP), in alternating rounds within on
   bare     N calls of session.run in a plain loop, timed as one block: mean per call;
   harness  the same session through compress.bench's timed call (latency.time_calls around the
            closure bench times), per-call clock reads included: mean and p50 per call.
+The two sides alternate which goes first in each round.
 The harness's overhead is harness - bare, in microseconds, per round; the median and range over
 rounds go to benchmarks/RESULTS.md.
 """
@@ -70,14 +71,21 @@ def measure(model: bytes, width: int, rounds: int, calls: int) -> dict:
     for _ in range(200):
         session.run(outputs, feeds)
     bare_mean, harness_mean, harness_p50 = [], [], []
-    for _ in range(rounds):
+
+    def bare() -> None:
         start = time.perf_counter_ns()
         for _ in range(calls):
             session.run(outputs, feeds)
         bare_mean.append((time.perf_counter_ns() - start) / calls / 1e3)
+
+    def harness() -> None:
         times = time_calls(harness_call, warmup=0, min_runs=calls, min_seconds=0, max_runs=calls) * 1e6
         harness_mean.append(float(times.mean()))
         harness_p50.append(float(np.median(times)))
+
+    for r in range(rounds):  # which side goes first alternates, so neither always runs warmer
+        for side in ((bare, harness) if r % 2 == 0 else (harness, bare)):
+            side()
     bare, mean, p50 = map(np.asarray, (bare_mean, harness_mean, harness_p50))
     return {"bare_us": float(np.median(bare)), "harness_mean_us": float(np.median(mean)),
             "harness_p50_us": float(np.median(p50)),
@@ -90,7 +98,7 @@ def _spread(values: np.ndarray) -> tuple[float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--calls", type=int, default=2000, help="session.run calls per round and side")
     parser.add_argument("--results", default=str(RESULTS))
     options = parser.parse_args()
