@@ -161,6 +161,7 @@ def run_cli(args, capsys):
     ("no_report", "pass --report DIR"),
     ("no_models", "no models given"),
     ("zero_samples", "--accuracy-samples must be at least 1"),
+    ("report_is_a_file", "is not a folder"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_report(models, tmp_path, wide_npz, capsys, case, message):
     if case == "unavailable_provider" and HAS_CUDA:
@@ -183,11 +184,15 @@ def test_bad_input_is_one_line_exit_2_and_no_report(models, tmp_path, wide_npz, 
         args = ["bench", "--report", str(report)]
     elif case == "zero_samples":
         args += ["--accuracy-samples", "0"]
+    elif case == "report_is_a_file":
+        report.write_text("a file")
+        args[args.index("--report") + 1] = str(report)
     code, err = run_cli(args, capsys)
     assert code == 2
     error_lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1 and message in error_lines[0]
-    assert not report.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert (report.is_file() if case == "report_is_a_file" else not report.exists())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_the_baseline_is_measured_even_when_not_listed(models, tmp_path):

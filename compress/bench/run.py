@@ -53,7 +53,9 @@ def check_config(config: BenchConfig) -> None:
     if len(set(map(_key, config.models))) != len(config.models):
         raise CompressError("a model is listed twice; list each once")
     if config.baseline is not None and _key(config.baseline) not in map(_key, config.models):
-        config.models.insert(0, config.baseline)
+        config.models.insert(0, config.baseline)  # the baseline is measured too, first
+    if Path(config.report).exists() and not Path(config.report).is_dir():
+        raise CompressError(f"{config.report} exists and is not a folder; choose another --report")
     if not config.batch_sizes or min(config.batch_sizes) < 1:
         raise CompressError("batch sizes must be at least 1, e.g. --batch-sizes 1,64")
     if not config.threads or min(config.threads) < 1:
