@@ -161,7 +161,7 @@ def run_cli(args, capsys):
     ("no_report", "pass --report DIR"),
     ("no_models", "no models given"),
     ("zero_samples", "--accuracy-samples must be at least 1"),
-    ("report_is_a_file", "is not a folder"),
+    ("report_is_a_file", "is a file"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_report(models, tmp_path, wide_npz, capsys, case, message):
     if case == "unavailable_provider" and HAS_CUDA:
