@@ -301,6 +301,54 @@ def _print_quantized(manifest: dict, out: str) -> None:
     click.echo(f"wrote {manifest_path(out)}")
 
 
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Pruned checkpoint to write (.pt).")
+@click.option("--amount", type=float, help="Fraction of each prunable layer's channels to remove (0-1).")
+@click.option("--target-macs", type=float, help="Prune in steps, recovering after each, until the MACs are "
+              "at most this fraction of the original.")
+@click.option("--target-params", type=float, help="As --target-macs, for the parameter count.")
+@click.option("--importance", default="l2", show_default=True, type=click.Choice(["l1", "l2", "taylor"]),
+              help="Which channels go: smallest weight norm (l1/l2) or smallest weight x gradient (taylor).")
+@click.option("--round-to", default=8, show_default=True, type=int,
+              help="Keep channel counts a multiple of this (odd widths can be slower than unpruned ones).")
+@click.option("--unstructured", is_flag=True, help="Zero the smallest weights instead of removing channels "
+              "(sparsity only: no faster on ONNX Runtime's CPU provider).")
+@click.option("--teacher", default="", help="Teacher for the recovery (default: the unpruned model itself).")
+@click.option("--data", help=f"Data for the recovery (default: the checkpoint's): {DATA_HELP}.")
+@click.option("--epochs", default=3, show_default=True, type=int, help="Recovery epochs after each pruning step.")
+@click.option("--temperature", "-T", default=4.0, show_default=True, type=float)
+@click.option("--alpha", default=0.9, show_default=True, type=float)
+@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--lr", default=1e-3, show_default=True, type=float, help="Peak learning rate of the recovery.")
+@click.option("--augment", default="none", show_default=True, type=click.Choice(["none", "shift"]))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+def prune(**kwargs):
+    """Remove channels for real (Torch-Pruning), then recover accuracy by distillation.
+
+    \b
+    Examples:
+      compress prune runs/mnist/student.pt --amount 0.5 --teacher runs/mnist/teacher.pt \\
+                     --epochs 3 --out runs/mnist/student.pruned.pt
+      compress prune runs/mnist/teacher.pt --target-macs 0.3 --importance taylor --out runs/mnist/teacher.pruned.pt
+    """
+    from .artifacts import manifest_path
+    from .prune import PruneConfig, prune as run_prune
+
+    manifest = run_prune(PruneConfig(**kwargs), log=lambda line: click.echo(line, err=True))
+    p = manifest["pruning"]
+    before, after = p["before"], p["after"]
+    click.echo(f"pruning: {p['method']}, {len(p['steps'])} step(s)")
+    click.echo(f"params {before['params']:,} -> {after['params']:,}, MACs {before['macs']:,} -> {after['macs']:,}")
+    click.echo(f"test accuracy {100 * before['test_accuracy']:.2f}% -> {100 * p['steps'][-1]['test_accuracy_pruned']:.2f}% "
+               f"pruned -> {100 * after['test_accuracy']:.2f}% after recovery")
+    if p["note"]:
+        click.echo(f"note: {p['note']}")
+    click.echo(f"wrote {kwargs['out']}")
+    click.echo(f"wrote {manifest_path(kwargs['out'])}")
+
+
 def _int_list(text: str, option: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]

@@ -167,11 +167,50 @@ def _check_args(spec: str, factory: Callable[..., Any], args: dict[str, Any]) ->
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
-    """Rebuild the model a compress checkpoint describes, with its weights loaded."""
+    """Rebuild the model a compress checkpoint describes, with its weights loaded.
+
+    A structurally pruned checkpoint has narrower layers than its factory builds: those layers
+    are resized to the stored tensors first (see ``resize_to``).
+    """
     model = build_model(checkpoint["model_spec"], tuple(checkpoint["in_shape"]),
                         checkpoint["num_classes"], checkpoint["model_args"])
+    resize_to(model, checkpoint["state_dict"])
     model.load_state_dict(checkpoint["state_dict"])
     return model
+
+
+# Module attributes that state a layer's width, by the weight dimension they follow.
+_WIDTH_ATTRIBUTES = {nn.Linear: {"out_features": 0, "in_features": 1},
+                     nn.Conv2d: {"out_channels": 0, "in_channels": 1},
+                     nn.BatchNorm2d: {"num_features": 0}, nn.BatchNorm1d: {"num_features": 0},
+                     nn.LayerNorm: {}}
+
+
+def resize_to(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Give every parameter and buffer of ``model`` the shape it has in ``state_dict``.
+
+    Structured pruning removes channels for real; the factory still builds the original widths.
+    Tensors are replaced by empty ones of the stored shape (``load_state_dict`` fills them) and
+    the width attributes of Linear/Conv2d/BatchNorm are updated, so the module stays consistent.
+    """
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        for store in (module._parameters, module._buffers):
+            for name, tensor in list(store.items()):
+                stored = state_dict.get(prefix + name)
+                if tensor is None or stored is None or stored.shape == tensor.shape:
+                    continue
+                new = torch.empty(stored.shape, dtype=tensor.dtype)
+                store[name] = nn.Parameter(new, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else new
+        weight = module._parameters.get("weight")
+        for attribute, dim in _WIDTH_ATTRIBUTES.get(type(module), {}).items():
+            value = weight.shape[dim] if weight is not None else None
+            if isinstance(module, nn.Conv2d) and attribute == "in_channels" and value is not None:
+                value *= module.groups
+            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and module.running_mean is not None:
+                value = module.running_mean.shape[0]
+            if value is not None:
+                setattr(module, attribute, value)
 
 
 def count_params(model: nn.Module) -> int:
