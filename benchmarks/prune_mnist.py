@@ -45,7 +45,8 @@ def main() -> None:
                         help="directory with the MNIST IDX files (default: $COMPRESS_MNIST_DIR or ../shared/data/mnist)")
     parser.add_argument("--teacher", default=str(TEACHER))
     parser.add_argument("--work", default="runs/bench/prune_mnist")
-    parser.add_argument("--epochs", type=int, default=2, help="recovery epochs")
+    parser.add_argument("--epochs", type=int, default=5, help="recovery epochs")
+    parser.add_argument("--augment", default="shift", help="recovery augmentation (the teacher's was shift)")
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--fresh", action="store_true", help="re-run the compress commands even if done")
     parser.add_argument("--results", default=str(RESULTS))
@@ -72,7 +73,8 @@ def main() -> None:
         name = f"pruned{int(100 * amount)}"
         checkpoint = work / f"{name}.pt"
         compress_cli(["prune", options.teacher, "--amount", str(amount), "--epochs", str(options.epochs),
-                      "--round-to", str(options.round_to), "--data", data, "--device", "cpu",
+                      "--augment", options.augment, "--round-to", str(options.round_to), "--data", data,
+                      "--device", "cpu",
                       "--out", str(checkpoint)], commands, reuse, checkpoint)
         onnx_path = work / f"{name}.onnx"
         compress_cli(["export", str(checkpoint), "--out", str(onnx_path)], commands, reuse, onnx_path)
@@ -114,7 +116,8 @@ def write_results(path: Path, report: dict, pruned: dict, commands: list[str], e
         table.append("| " + " | ".join(cells) + " |")
     recovery = [f"- {name}: test accuracy {100 * p['before']['test_accuracy']:.2f}% → "
                 f"{100 * p['steps'][0]['test_accuracy_pruned']:.2f}% right after pruning → "
-                f"{100 * p['after']['test_accuracy']:.2f}% after {options.epochs} recovery epochs; widths "
+                f"{100 * p['after']['test_accuracy']:.2f}% after {options.epochs} recovery epochs "
+                f"(augment {options.augment}); widths "
                 + ", ".join(f"{k} {p['widths_before'][k]}→{v}" for k, v in p["widths_after"].items()
                             if v != p["widths_before"][k]) for name, p in pruned.items()]
     body = [
