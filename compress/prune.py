@@ -13,6 +13,7 @@ since ONNX Runtime on CPU does not run sparse weights faster.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, replace
@@ -22,7 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .artifacts import load_checkpoint, manifest_path, read_manifest, write_json
+from .artifacts import input_record, load_checkpoint, manifest_path, read_manifest, write_json
 from .data import Preprocessing, load_dataset
 from .distill.trainer import DistillConfig, DistillObjective, check_distill_config
 from .distill.teachers import load_teacher
@@ -123,23 +124,23 @@ def prune(config: PruneConfig, log: Callable[[str], None] = print) -> dict[str, 
                 if _target_reached(config, before, size):
                     break
         final = staging / f"step{len(steps)}.pt"
-        for suffix in ("", ".json"):
-            shutil.move(str(final) + suffix, str(out) + suffix)
+        manifest = json.loads(manifest_path(final).read_text())
+        manifest.update(artifact=out.name, stage="prune", config=asdict(config))
+        manifest["inputs"].insert(0, input_record("checkpoint", config.checkpoint))
+        manifest["pruning"] = {
+            "method": "unstructured magnitude" if config.unstructured else f"structured, {config.importance} importance",
+            "before": before,
+            "after": {**_size(model, example), "test_accuracy": steps[-1]["test_accuracy_recovered"]},
+            "steps": steps,
+            "widths_before": _widths(model_from_checkpoint(source)), "widths_after": _widths(model),
+            "note": ("zeroed weights keep the dense shape: the ONNX model is no faster and no smaller "
+                     "unless compressed on disk" if config.unstructured else None),
+        }
+        write_json(manifest_path(final), manifest)
+        os.replace(final, out)  # the checkpoint first: its manifest names its hash
+        os.replace(manifest_path(final), manifest_path(out))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-    manifest = json.loads(manifest_path(out).read_text())
-    manifest["stage"] = "prune"
-    manifest["config"] = asdict(config)
-    after = {**_size(model, example), "test_accuracy": steps[-1]["test_accuracy_recovered"]}
-    manifest["pruning"] = {
-        "method": "unstructured magnitude" if config.unstructured else f"structured, {config.importance} importance",
-        "before": before, "after": after, "steps": steps,
-        "widths_before": _widths(model_from_checkpoint(source)), "widths_after": _widths(model),
-        "note": ("zeroed weights keep the dense shape: the ONNX model is no faster and no smaller "
-                 "unless compressed on disk" if config.unstructured else None),
-    }
-    write_json(manifest_path(out), manifest)
     return manifest
 
 
@@ -195,6 +196,26 @@ def _step(pruner, model: nn.Module, config: PruneConfig, dataset) -> None:
         raise CompressError(f"pruning failed ({str(exc).strip().splitlines()[0][:200]}); "
                             "nothing was written") from None
     model.zero_grad(set_to_none=True)
+    _check_runs(model, torch.from_numpy(dataset.x_train[:2]))
+
+
+def _check_runs(model: nn.Module, example: torch.Tensor) -> None:
+    """The pruned model must still run; if not, name the layer where it breaks."""
+    entered: list[str] = []
+    hooks = [module.register_forward_pre_hook(lambda _m, _i, name=name: entered.append(name))
+             for name, module in model.named_modules() if name and not list(module.children())]
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as exc:
+        where = entered[-1] if entered else "?"
+        raise CompressError(
+            f"after pruning, the model fails at layer {where!r} ({str(exc).strip().splitlines()[0][:120]}); "
+            "its forward hard-codes a width Torch-Pruning cannot follow (e.g. a reshape to a fixed "
+            "channel count) — take widths from the tensors in the model code; nothing was written") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def _target_reached(config: PruneConfig, before: dict, size: dict) -> bool:

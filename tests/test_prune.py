@@ -1,6 +1,7 @@
 """``compress prune`` on digits: channels really removed, exports that pass parity, recovery that helps."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,7 +37,8 @@ def test_structured_pruning_removes_channels_and_exports_with_parity(checkpoints
     out, manifest = pruned(checkpoints[spec], tmp_path, amount=0.5)
     p = manifest["pruning"]
     assert p["after"]["macs"] < 0.6 * p["before"]["macs"] and p["after"]["params"] < p["before"]["params"]
-    assert manifest["stage"] == "prune"
+    assert manifest["stage"] == "prune" and manifest["artifact"] == "pruned.pt"
+    assert manifest["inputs"][0]["role"] == "checkpoint" and manifest["config"]["out"] == str(out)
     model = model_from_checkpoint(load_checkpoint(out)).eval()
     assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
     narrower = [name for name, width in p["widths_after"].items() if width < p["widths_before"][name]]
@@ -102,6 +104,18 @@ def test_impossible_requests_are_refused_and_nothing_written(checkpoints, tmp_pa
     assert exit_info.value.code == 2
     assert [line for line in err.splitlines() if line.startswith("error: ")][0].find(message) > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_model_the_dependency_graph_cannot_follow_is_named(tmp_path):
+    checkpoint = tmp_path / "fixed.pt"
+    factories = Path(__file__).parent / "factories" / "custom_models.py"
+    train(TrainConfig(model=f"{factories}:fixed_channel_view", data="digits", out=str(checkpoint), epochs=1,
+                      device="cpu"))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(CompressError, match="fails at layer 'fc'.*nothing was written"):
+        prune(PruneConfig(checkpoint=str(checkpoint), out=str(tmp_path / "o.pt"), amount=0.5, epochs=1,
+                          device="cpu"), log=lambda line: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -57,3 +57,21 @@ def branch_on_mean(in_shape, num_classes):
 
 def fixed_batch_view(in_shape, num_classes):
     return FixedBatchView(in_shape, num_classes)
+
+
+class FixedChannelView(nn.Module):
+    """Reshapes with a hard-coded channel count: pruning its convolution breaks the forward."""
+
+    def __init__(self, in_shape, num_classes):
+        super().__init__()
+        channels, height, width = in_shape
+        self.conv = nn.Conv2d(channels, 16, 3, padding=1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        return self.fc(h.reshape(x.shape[0], 16, -1).mean(dim=2))
+
+
+def fixed_channel_view(in_shape, num_classes):
+    return FixedChannelView(in_shape, num_classes)
