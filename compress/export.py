@@ -8,26 +8,21 @@ batch axis silently became fixed, the export fails and nothing is written.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
-import shutil
-import tempfile
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from .artifacts import input_record, load_checkpoint, manifest_path, new_manifest, read_manifest, sha256_file, write_json
+from .artifacts import (current_umask, input_record, load_checkpoint, manifest_path, new_manifest, read_manifest,
+                        sha256_file, staging_dir, write_json)
 from .data import load_dataset_for
 from .errors import CompressError
 from .modelspec import count_params, model_from_checkpoint
 from .onnx_io import (OPTIMIZATION_LEVELS, OnnxClassifier, first_line, max_runtime_opset, model_info,
-                      open_session)
+                      open_session, quiet)
 
 EXPORTERS = ("dynamo", "torchscript")
 # Newest opset each torch exporter writes (torch.onnx._constants, torch 2.13).
@@ -125,7 +120,7 @@ def export(config: ExportConfig) -> dict[str, Any]:
 
     out = Path(config.out)
     large = _param_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES
-    with _staging_dir(out) as staging:
+    with staging_dir(out) as staging:
         staged = staging / out.name
         _export_to(model, example, staged, config, opset, input_name, output_name, large)
         if config.transformer:
@@ -176,48 +171,13 @@ def _param_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
-@contextlib.contextmanager
-def _staging_dir(out: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out`` (same file system, so the final renames are atomic)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def _move_into_place(staging: Path, out: Path) -> None:
     """External data first, the .onnx last: a reader never sees a model without its weights."""
     files = sorted(staging.iterdir(), key=lambda p: p.name == out.name)
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     for path in files:
         os.chmod(path, 0o666 & ~umask)
         os.replace(path, out.parent / path.name)
-
-
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Keep the exporters' and optimizers' chatter (warnings, graph dumps) off the terminal.
-
-    What matters reaches the user through the exception, turned into one line by the caller.
-    """
-    names = ["torch", "onnxscript", "onnxruntime"] + [
-        name for name in logging.root.manager.loggerDict
-        if name.startswith(("torch.", "onnxscript.", "onnxruntime."))]
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -231,7 +191,7 @@ def _export_to(model: torch.nn.Module, example: torch.Tensor, path: Path, config
                opset: int, input_name: str, output_name: str, large: bool) -> None:
     dynamic = config.static_batch is None
     try:
-        with _quiet_exporter(), torch.no_grad():
+        with quiet(), torch.no_grad():
             if config.exporter == "dynamo":
                 program = torch.onnx.export(
                     model, (example,), dynamo=True, verbose=False, opset_version=opset,
@@ -273,7 +233,7 @@ def _optimize_transformer(path: Path, config: ExportConfig, large: bool) -> None
         raise CompressError(f"onnxruntime.transformers is not importable ({first_line(exc)}); "
                             "reinstall onnxruntime") from None
     try:
-        with _quiet_exporter():
+        with quiet():
             optimized = optimize_model(str(path), model_type=config.transformer,
                                        num_heads=config.num_heads, hidden_size=config.hidden_size)
             optimized.save_model_to_file(str(path), use_external_data_format=large)

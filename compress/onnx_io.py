@@ -6,15 +6,43 @@ teachers) and bench.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
+import logging
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from .errors import CompressError
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Keep the chatter of torch.onnx, onnxscript and onnxruntime's optimizers and quantizers
+    (log records, prints, warnings, graph dumps) off the terminal.
+
+    What matters reaches the user through an exception, which the caller turns into one line.
+    """
+    names = ["", "torch", "onnxscript", "onnxruntime"] + [  # "": the root logger
+        name for name in logging.root.manager.loggerDict
+        if name.startswith(("torch.", "onnxscript.", "onnxruntime."))]
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -23,10 +21,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .artifacts import input_record, load_checkpoint, manifest_path, read_manifest, write_json
-from .data import Preprocessing, load_dataset
-from .distill.trainer import DistillConfig, DistillObjective, check_distill_config
-from .distill.teachers import load_teacher
+from .artifacts import input_record, load_checkpoint, manifest_path, read_manifest, staging_dir, write_json
+from .data import Dataset, Preprocessing, load_dataset
+from .distill.teachers import Teacher
+from .distill.trainer import DistillConfig, DistillObjective, check_distill_config, load_matching_teacher
 from .errors import CompressError
 from .loop import Fit, accuracy, resolve_device
 from .modelspec import count_params, model_from_checkpoint
@@ -89,21 +87,21 @@ def prune(config: PruneConfig, log: Callable[[str], None] = print) -> dict[str, 
     if tuple(dataset.in_shape) != in_shape:
         raise CompressError(f"{config.checkpoint} takes samples of shape {list(in_shape)} but {config.data} "
                             f"gives {list(dataset.in_shape)}; prune with the data it was trained on")
+    # loaded once for every recovery step; the data carries the teacher's preprocessing
+    teacher, recovery_data = load_matching_teacher(config, device)
     model = model_from_checkpoint(source).eval()
     example = torch.from_numpy(dataset.x_train[:2])
     x_test, y_test = torch.from_numpy(dataset.x_test), torch.from_numpy(dataset.y_test)
     before = {**_size(model, example), "test_accuracy": accuracy(model, x_test, y_test)}
 
     out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     steps = []
-    try:
+    with staging_dir(out) as staging:
         if config.unstructured:
             sparsity = _prune_unstructured(model, config.amount)
             steps.append({"sparsity": sparsity, **_size(model, example),
                           "test_accuracy_pruned": accuracy(model, x_test, y_test)})
-            model = _recover(model, config, staging / "step1.pt", device, log)
+            model = _recover(model, config, staging / "step1.pt", device, teacher, recovery_data)
             steps[-1]["test_accuracy_recovered"] = accuracy(model.cpu(), x_test, y_test)
         else:
             ratio = config.amount if config.amount is not None else TARGET_STEP
@@ -119,7 +117,8 @@ def prune(config: PruneConfig, log: Callable[[str], None] = print) -> dict[str, 
                               "widths": _widths(model)})
                 log(f"step {len(steps)}: {size['params']:,} params, {size['macs']:,} MACs, test accuracy "
                     f"{100 * steps[-1]['test_accuracy_pruned']:.2f}% before recovery")
-                model = _recover(model, config, staging / f"step{len(steps)}.pt", device, log).cpu().eval()
+                model = _recover(model, config, staging / f"step{len(steps)}.pt", device, teacher,
+                                 recovery_data).cpu().eval()
                 steps[-1]["test_accuracy_recovered"] = accuracy(model, x_test, y_test)
                 if _target_reached(config, before, size):
                     break
@@ -139,8 +138,6 @@ def prune(config: PruneConfig, log: Callable[[str], None] = print) -> dict[str, 
         write_json(manifest_path(final), manifest)
         os.replace(final, out)  # the checkpoint first: its manifest names its hash
         os.replace(manifest_path(final), manifest_path(out))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 
@@ -239,14 +236,10 @@ def _prune_unstructured(model: nn.Module, amount: float) -> float:
     return zeros / total
 
 
-def _recover(model: nn.Module, config: PruneConfig, out: Path, device: torch.device,
-             log: Callable[[str], None]) -> nn.Module:
+def _recover(model: nn.Module, config: PruneConfig, out: Path, device: torch.device, teacher: Teacher,
+             dataset: Dataset) -> nn.Module:
     """Fine-tune the pruned model as a distillation student; writes a checkpoint at ``out``."""
     step_config = replace(config, out=str(out), resume=False)
-    teacher = load_teacher(config.teacher, device)
-    preprocessing = (teacher.manifest or {}).get("preprocessing")
-    dataset = load_dataset(config.data, config.val_fraction, config.split_seed,
-                           Preprocessing.from_dict(preprocessing) if preprocessing else None)
     if config.unstructured:
         masks = {name: (m.weight != 0) for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
     torch.manual_seed(config.seed)

@@ -13,24 +13,19 @@ The quantization itself is ONNX Runtime's (``quant_pre_process``, ``quantize_sta
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import shutil
-import tempfile
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
-from .artifacts import atomic_path, input_record, manifest_path, new_manifest, read_manifest, sha256_file, write_json
+from .artifacts import atomic_path, staging_dir, input_record, manifest_path, new_manifest, read_manifest, sha256_file, write_json
 from .bench.latency import compare
 from .data import Dataset, load_dataset_for
 from .errors import CompressError
 from .hardware import CpuInfo, cpu_info
-from .onnx_io import OnnxClassifier, first_line, load_model, model_info, open_session
+from .onnx_io import OnnxClassifier, first_line, load_model, model_info, open_session, quiet
 
 MODES = ("static", "dynamic")
 FORMATS = ("qdq", "qoperator")
@@ -220,7 +215,7 @@ class Quantizer:
                       weight_type=types[settings.weight_type], op_types_to_quantize=None,
                       nodes_to_exclude=list(exclude), nodes_to_quantize=only)
         try:
-            with _quiet():
+            with quiet():
                 if settings.mode == "dynamic":
                     quantize_dynamic(self.float_path, out, **common)
                 else:
@@ -244,20 +239,6 @@ class Quantizer:
         return out
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """onnxruntime.quantization logs and prints progress; the summary is compress's job."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def quantize(config: QuantizeConfig, log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Quantize ``config.model`` to ``config.out`` (with manifest); return the manifest.
 
@@ -279,8 +260,7 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] = lambda line: N
     timing_input = _timing_input(float_runner, dataset, config.batch_size)
 
     out = Path(config.out)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=_parent(out)))
-    try:
+    with staging_dir(out) as workdir:
         float_path, preprocess_note = _preprocess(Path(config.model), workdir, config.preprocess)
         calibration = _calibration_samples(dataset, config) if dataset is not None else None
         quantizer = Quantizer(float_path, workdir, float_runner.input_name, calibration,
@@ -325,8 +305,6 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] = lambda line: N
         coverage = _int8_coverage(chosen.path)
         with atomic_path(out) as tmp:
             shutil.copyfile(chosen.path, tmp)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
     manifest = new_manifest(out, "quantize", asdict(config))
     manifest["inputs"] = [input_record("model", config.model)]
@@ -388,11 +366,6 @@ def _search(quantizer: Quantizer, space: list[Settings], accuracy_of: Callable[[
         log(f"  {settings.label}: accuracy {_pct(candidate.accuracy)}")
     _time_candidates(config.model, candidates, timing_input, config, rounds=3)
     return candidates
-
-
-def _parent(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out.parent
 
 
 def _pct(accuracy: float | None) -> str:
@@ -461,7 +434,7 @@ def _preprocess(path: Path, workdir: Path, enabled: bool) -> tuple[Path, str]:
 
     out = workdir / "preprocessed.onnx"
     try:
-        with _quiet():
+        with quiet():
             quant_pre_process(str(path), str(out))
         return out, "quant_pre_process"
     except Exception as exc:  # some graphs defeat symbolic shape inference: quantize as exported

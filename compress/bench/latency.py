@@ -13,6 +13,8 @@ from typing import Callable
 
 import numpy as np
 
+from .stats import speedup_ci
+
 
 @dataclass
 class LatencyStats:
@@ -70,9 +72,12 @@ class Comparison:
     seconds: dict[str, np.ndarray]  # every timed call, per callable
 
     def speedup(self, name: str) -> tuple[float, float, float]:
-        """Baseline p50 / ``name`` p50: the median over rounds, and the lowest and highest round."""
-        ratios = np.asarray(self.round_p50_ms[self.baseline]) / np.asarray(self.round_p50_ms[name])
-        return float(np.median(ratios)), float(ratios.min()), float(ratios.max())
+        """Baseline p50 / ``name`` p50 per round: the median and its 95% interval over rounds
+        (with up to 7 rounds, the lowest and highest round)."""
+        return speedup_ci(self.round_ratios(name))
+
+    def round_ratios(self, name: str) -> np.ndarray:
+        return np.asarray(self.round_p50_ms[self.baseline]) / np.asarray(self.round_p50_ms[name])
 
 
 def compare(calls: dict[str, Callable[[], object]], baseline: str, batch_size: int,

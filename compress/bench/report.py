@@ -11,10 +11,10 @@ import html
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import current_umask, staging_dir
 from ..errors import CompressError
 
 PLOT = "plot.png"
@@ -22,25 +22,15 @@ PLOT = "plot.png"
 
 def write_report(report: dict[str, Any], folder: str | Path) -> list[Path]:
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    with staging_dir(folder) as staging:
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (staging / "report.md").write_text(markdown(report))
         png = plot_png(report)
         (staging / PLOT).write_bytes(png)
         (staging / "report.html").write_text(html_page(report, png))
-        os.chmod(staging, 0o777 & ~_umask())
+        os.chmod(staging, 0o777 & ~current_umask())
         _replace_dir(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return [folder / n for n in ("report.json", "report.md", "report.html", PLOT)]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _replace_dir(new: Path, final: Path) -> None:

@@ -206,8 +206,7 @@ def _time_group(models: dict, baseline: Path, provider: str, threads: int, batch
                          rounds=ROUNDS, seconds_per_round=per_round, min_runs_per_round=runs_per_round,
                          warmup=config.warmup)
         base_times.append(result.seconds["baseline"])
-        ratios = np.asarray(result.round_p50_ms["baseline"]) / np.asarray(result.round_p50_ms["model"])
-        timed[path] = (result.seconds["model"], ratios)
+        timed[path] = (result.seconds["model"], result.round_ratios("model"))
         del loaded, call
     pooled = np.concatenate(base_times)
     rows = [_row(models[baseline]["name"], provider, threads, batch_size, pooled, None, config)]
