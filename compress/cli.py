@@ -418,6 +418,51 @@ def bench(models, baseline, providers, batch_sizes, threads, report_dir, compare
         click.echo(f"wrote {path}")
 
 
+@cli.command(name="run")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--data", help=f"Dataset instead of the recipe's data: {DATA_HELP}.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder instead of the recipe's (runs/NAME).")
+@click.option("--force", multiple=True, metavar="STAGE",
+              help="Run STAGE even if it is up to date (repeatable; 'all' for every stage).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (each stage, its files, whether it runs) and exit.")
+def run(recipe, data, out, force, dry_run):
+    """Run a recipe: train or take a teacher, distil, prune, export, quantize and bench, in one folder.
+
+    Stages whose settings and input files are unchanged since they last finished are skipped;
+    an interrupted run continues where it stopped when the same command is run again.
+
+    \b
+    Examples:
+      compress run recipes/demo.toml
+      compress run recipes/mnist.toml --data mnist:data/mnist --dry-run
+      compress run recipes/mnist.toml --force quantize
+    """
+    from .pipeline import build_plan, check_force, describe_stage, dry_run as plan_only, run as run_plan
+    from .pipeline import summary_table
+    from .recipe import load_recipe
+
+    plan = build_plan(load_recipe(recipe, data=data, out=out))
+    force = set(force)
+    check_force(plan, force)
+    if dry_run:
+        click.echo(f"plan of {recipe} (run folder {plan.recipe.out}):")
+        for number, decision in enumerate(plan_only(plan, force), start=1):
+            verdict = f"runs: {decision.reason}" if decision.run else f"skipped: {decision.reason}"
+            click.echo(f"{number:>2}. {decision.stage.name:<15} {verdict}")
+            click.echo(f"    {describe_stage(decision.stage)}")
+        return
+    try:
+        run_log = run_plan(plan, force, log=lambda line: click.echo(line, err=True))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: finished stages are kept in {plan.recipe.out}; run the same command "
+                   "again to continue (training and distillation resume from their last finished epoch)",
+                   err=True)
+        sys.exit(130)
+    click.echo(summary_table(run_log["variants"]))
+    click.echo(f"run log: {plan.log_path}")
+    click.echo(f"report: {plan.report_dir / 'report.html'} (also report.md, report.json)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and exit status 2."""
     try:

@@ -20,7 +20,7 @@ from .artifacts import (current_umask, input_record, load_checkpoint, manifest_p
                         sha256_file, staging_dir, write_json)
 from .data import load_dataset_for
 from .errors import CompressError
-from .modelspec import count_params, model_from_checkpoint
+from .modelspec import count_macs, count_params, model_from_checkpoint
 from .onnx_io import (OPTIMIZATION_LEVELS, OnnxClassifier, first_line, max_runtime_opset, model_info,
                       open_session, quiet)
 
@@ -136,7 +136,9 @@ def export(config: ExportConfig) -> dict[str, Any]:
     manifest = new_manifest(out, "export", asdict(config))
     manifest["inputs"] = [input_record("checkpoint", config.checkpoint)]
     manifest["model"] = source.get("model") or {"spec": checkpoint["model_spec"],
-                                                "args": checkpoint["model_args"]}
+                                                "args": checkpoint["model_args"],
+                                                "params": count_params(model),
+                                                "macs": count_macs(model, in_shape)}
     batch_dim: int | None = config.static_batch
     manifest["input_spec"] = {"name": input_name, "shape": [batch_dim, *in_shape], "dtype": "float32",
                               "dynamic_axes": {} if batch_dim else {"0": "batch"}}

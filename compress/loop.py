@@ -19,7 +19,7 @@ import torch
 from .artifacts import atomic_path, input_record, new_manifest, save_checkpoint
 from .data import Dataset
 from .errors import CompressError
-from .modelspec import canonical_spec, count_params
+from .modelspec import canonical_spec, count_macs, count_params
 from .progress import log, step_bar
 
 RESUME_FORMAT = "compress-resume/1"
@@ -284,7 +284,8 @@ class Fit:
         manifest = new_manifest(config.out, self.stage, self._config_dict())
         manifest["inputs"] = [input_record(role, path) for role, path in self.objective.inputs()]
         manifest.update({
-            "model": {"spec": spec, "args": config.model_args, "params": params},
+            "model": {"spec": spec, "args": config.model_args, "params": params,
+                      "macs": count_macs(self.model, dataset.in_shape)},
             "input_spec": {"name": "input", "shape": [None, *dataset.in_shape], "dtype": "float32",
                            "dynamic_axes": {"0": "batch"}},
             "output_spec": {"name": "logits", "shape": [None, dataset.num_classes], "dtype": "float32"},

@@ -218,6 +218,24 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def count_macs(model: nn.Module, in_shape: Sequence[int]) -> int | None:
+    """Multiply-accumulates of a forward pass on one sample (Torch-Pruning's counter, which
+    counts the layers it knows: convolutions, linear, norms, pooling); None when it fails on a
+    model it does not understand, since the figure is informative, not required."""
+    import torch
+    import torch_pruning as tp
+
+    was_training = model.training
+    device = next(model.parameters(), torch.zeros(())).device
+    try:
+        macs, _ = tp.utils.count_ops_and_params(model.eval(), torch.zeros((1, *in_shape), device=device))
+        return int(macs)
+    except Exception:  # a custom model whose forward the counter cannot follow
+        return None
+    finally:
+        model.train(was_training)
+
+
 def list_layers(model: nn.Module, in_shape: Sequence[int]) -> list[dict[str, Any]]:
     """Named submodules in the order they are entered on a forward pass of zeros (2, *in_shape).
 

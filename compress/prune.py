@@ -27,7 +27,7 @@ from .distill.teachers import Teacher
 from .distill.trainer import DistillConfig, DistillObjective, check_distill_config, load_matching_teacher
 from .errors import CompressError
 from .loop import Fit, accuracy, resolve_device
-from .modelspec import count_params, model_from_checkpoint
+from .modelspec import count_macs, count_params, model_from_checkpoint
 
 IMPORTANCES = ("l1", "l2", "taylor")
 TARGET_STEP = 0.2  # fraction of the remaining channels removed per step when a target is set
@@ -142,10 +142,7 @@ def prune(config: PruneConfig, log: Callable[[str], None] = print) -> dict[str, 
 
 
 def _size(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
-    import torch_pruning as tp
-
-    macs, params = tp.utils.count_ops_and_params(model, example[:1])
-    return {"params": int(count_params(model)), "macs": int(macs)}
+    return {"params": int(count_params(model)), "macs": count_macs(model, example.shape[1:])}
 
 
 def _widths(model: nn.Module) -> dict[str, int]:

@@ -155,9 +155,10 @@ def _dataset(path: Path, manifest: dict | None, config: BenchConfig, cache: dict
 
 def _describe(path: Path, info: dict, baseline: Path) -> dict[str, Any]:
     manifest = info["manifest"] or {}
-    params = (manifest.get("model") or {}).get("params") or (manifest.get("metrics") or {}).get("params")
+    model = manifest.get("model") or {}
+    params = model.get("params") or (manifest.get("metrics") or {}).get("params")
     return {"name": info["name"], "path": str(path), "sha256": sha256_file(path),
-            "size_bytes": model_info(path)["size_bytes"], "params": params,
+            "size_bytes": model_info(path)["size_bytes"], "params": params, "macs": model.get("macs"),
             "stage": manifest.get("stage"), "baseline": path == baseline,
             "data": info["dataset"].spec, "providers": {}}
 

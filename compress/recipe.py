@@ -1,0 +1,276 @@
+"""Recipes: a TOML file that names every stage of a ``compress run``, checked before anything runs.
+
+Each table maps onto the config dataclass of the command it stands for, so a key left out takes
+the very default the command's flag has::
+
+    name = "demo"                 # outputs in runs/demo/ (or: out = "some/folder")
+    data = "digits"               # any --data source; ${VAR} takes an environment variable
+
+    [teacher]                     # TrainConfig: train one ...
+    model = "resnet8"             # ... or give one: path = "teacher.pt" (or .onnx)
+    [student]                     # DistillConfig (model is the student)
+    [prune]                       # PruneConfig; optional: prunes the student
+    [export]                      # ExportConfig, for every export
+    [quantize]                    # QuantizeConfig; optional: int8 of the final student
+    [bench]                       # BenchConfig
+
+Paths (outputs, inputs, the teacher) are the pipeline's business: each stage reads what the
+previous one wrote in the run folder, so the keys that name them are refused in the tables.
+Mistakes (unknown key, wrong type, missing file) are a ``CompressError`` naming the key and
+its line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import CompressError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+TOP_LEVEL_KEYS = {"name", "out", "data", "teacher", "student", "prune", "export", "quantize", "bench"}
+# Keys the pipeline fills in itself: the files each stage reads and writes.
+PIPELINE_KEYS = {
+    "teacher": {"out", "data", "resume"},
+    "student": {"out", "data", "resume", "teacher"},
+    "prune": {"out", "data", "resume", "teacher", "checkpoint", "model", "model_args"},
+    "export": {"checkpoint", "out", "data", "preprocessing"},
+    "quantize": {"model", "out", "data", "preprocessing"},
+    "bench": {"models", "report", "baseline", "data", "preprocessing"},
+}
+TEACHER_SUFFIXES = (".pt", ".onnx")
+
+
+@dataclass
+class Recipe:
+    """A parsed, checked recipe: the settings of each table as keyword arguments of its config."""
+
+    path: Path
+    name: str
+    out: Path
+    data: str
+    teacher_path: Path | None           # an existing teacher, or None to train one
+    tables: dict[str, dict[str, Any]]   # table -> settings (only the keys the recipe gives)
+
+    def has(self, table: str) -> bool:
+        return table in self.tables
+
+
+def config_classes() -> dict[str, type]:
+    """The config dataclass behind each recipe table."""
+    from .bench.run import BenchConfig
+    from .distill.trainer import DistillConfig
+    from .export import ExportConfig
+    from .prune import PruneConfig
+    from .quantize import QuantizeConfig
+    from .train import TrainConfig
+
+    return {"teacher": TrainConfig, "student": DistillConfig, "prune": PruneConfig,
+            "export": ExportConfig, "quantize": QuantizeConfig, "bench": BenchConfig}
+
+
+def load_recipe(path: str | Path, data: str | None = None, out: str | None = None) -> Recipe:
+    """Read and check ``path``; ``data`` / ``out`` override the recipe's (as the CLI flags do)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CompressError(f"recipe {path} does not exist; give the path of a .toml file "
+                            "(see recipes/ for examples)")
+    try:
+        text = path.read_text()
+        raw = tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise CompressError(f"recipe {path} is not a text file; give a TOML recipe") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CompressError(f"recipe {path} is not valid TOML: {exc}") from None
+    where = _Locator(path, text)
+
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise where.error(None, key, f"unknown key {key!r}; a recipe has "
+                              f"{', '.join(sorted(TOP_LEVEL_KEYS))}")
+    for key in ("name", "out", "data"):
+        if key in raw and not isinstance(raw[key], str):
+            raise where.error(None, key, f"{key} must be a string, got {_toml_type(raw[key])}")
+    tables = {}
+    for table in config_classes():
+        if table in raw and not isinstance(raw[table], dict):
+            raise where.error(None, table, f"{table} must be a table ([{table}]), got {_toml_type(raw[table])}")
+        if table in raw:
+            tables[table] = dict(raw[table])
+
+    name = _expand(raw.get("name", path.stem), where, None, "name")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise where.error(None, "name", f"name {name!r} must be a plain folder name "
+                          "(letters, digits, . _ -); use out = PATH for another place")
+    out_dir = Path(out) if out else Path(_expand(raw.get("out", f"runs/{name}"), where, None, "out"))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise where.error(None, "out", f"the run folder {out_dir} exists and is not a folder; "
+                          "choose another out")
+    data_spec = data or _expand(raw.get("data", _default("teacher", "data")), where, None, "data")
+    _check_data(data_spec, where)
+
+    teacher_path = None
+    teacher = tables.setdefault("teacher", {})
+    if "path" in teacher:
+        others = sorted(set(teacher) - {"path"})
+        if others:
+            raise where.error("teacher", others[0], "[teacher] takes either path = FILE (an existing "
+                              "teacher) or the settings to train one, not both; remove "
+                              f"{', '.join(others)} or path")
+        if not isinstance(teacher["path"], str):
+            raise where.error("teacher", "path", f"path must be a string, got {_toml_type(teacher['path'])}")
+        teacher_path = Path(_expand(teacher.pop("path"), where, "teacher", "path"))
+        if teacher_path.suffix not in TEACHER_SUFFIXES:
+            raise where.error("teacher", "path", f"teacher {teacher_path} must be a compress checkpoint "
+                              "(.pt) or an ONNX model (.onnx): the bench compares against it in ONNX "
+                              "Runtime")
+        if not teacher_path.is_file():
+            raise where.error("teacher", "path", f"teacher {teacher_path} does not exist; check the path")
+        del tables["teacher"]
+    tables.setdefault("student", {})
+    tables.setdefault("export", {})
+    tables.setdefault("bench", {})
+    for table, settings in tables.items():
+        _check_table(table, settings, where)
+    return Recipe(path=path, name=name, out=out_dir, data=data_spec, teacher_path=teacher_path,
+                  tables=tables)
+
+
+def _default(table: str, key: str) -> Any:
+    field = {f.name: f for f in dataclasses.fields(config_classes()[table])}[key]
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+
+
+def _check_table(table: str, settings: dict[str, Any], where: _Locator) -> None:
+    """Every key a field of the table's config, every value of the field's type (converted in place)."""
+    cls = config_classes()[table]
+    hints = typing.get_type_hints(cls)
+    owned = PIPELINE_KEYS[table]
+    for key, value in list(settings.items()):
+        if key in owned:
+            raise where.error(table, key, f"[{table}] {key} is set by the pipeline (each stage reads "
+                              "what the one before wrote in the run folder); remove it")
+        if key not in hints:
+            valid = ", ".join(sorted(set(hints) - owned))
+            raise where.error(table, key, f"unknown key {key!r} in [{table}]; valid keys: {valid}")
+        if isinstance(value, str):
+            value = _expand(value, where, table, key)
+        if not _matches(value, hints[key]):
+            raise where.error(table, key, f"[{table}] {key} must be {_describe(hints[key])}, "
+                              f"got {_toml_type(value)} {value!r}")
+        settings[key] = float(value) if hints[key] is float else value
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is Any:
+        return True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint)  # str, and None for optional fields (TOML has no null)
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint) if a is not type(None))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(hint)[0]).removeprefix('a ')}s"
+    if origin is dict:
+        return "a table (e.g. { hidden = [128, 128] })"
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def _toml_type(value: Any) -> str:
+    return {bool: "a boolean", int: "a whole number", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _expand(value: str, where: _Locator, table: str | None, key: str) -> str:
+    """``${VAR}`` -> the environment variable VAR (an error naming it when unset)."""
+    def lookup(match: re.Match) -> str:
+        variable = match.group(1)
+        if variable not in os.environ:
+            alternative = " or pass --data" if key == "data" else ""
+            raise where.error(table, key, f"{key} uses ${{{variable}}}, which is not set; "
+                              f"export {variable}=...{alternative}")
+        return os.environ[variable]
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lookup, value)
+
+
+def _check_data(spec: str, where: _Locator) -> None:
+    """The data source names a known kind, and its file or folder exists (read later, by each stage)."""
+    kind, sep, location = spec.partition(":")
+    if kind == "digits" and not sep:
+        return
+    if kind not in ("mnist", "fashion-mnist", "npz", "folder") or not location:
+        raise where.error(None, "data", f"data {spec!r} is not a data source; use digits, mnist:DIR, "
+                          "fashion-mnist:DIR, npz:FILE or folder:DIR")
+    if not Path(location).expanduser().exists():
+        raise where.error(None, "data", f"data {spec!r}: {location} does not exist; check the path "
+                          "(or pass --data)")
+
+
+def data_files(spec: str) -> list[Path]:
+    """The files a data source reads, for hashing (none for the built-in digits)."""
+    _, sep, location = spec.partition(":")
+    if not sep:
+        return []
+    root = Path(location).expanduser()
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+class _Locator:
+    """Finds the line of a key in the recipe text, for error messages (tomllib gives no positions)."""
+
+    def __init__(self, path: Path, text: str):
+        self.path, self.lines = path, text.splitlines()
+
+    def line_of(self, table: str | None, key: str) -> int | None:
+        current = None
+        for number, line in enumerate(self.lines, start=1):
+            stripped = line.split("#", 1)[0].strip()
+            header = re.fullmatch(r"\[\s*([^\[\]]+?)\s*\]", stripped)
+            if header:
+                current = header.group(1).strip('"\'')
+                if table is None and current == key:
+                    return number
+                continue
+            match = re.match(r"""["']?([A-Za-z0-9_-]+)["']?\s*=""", stripped)
+            if match and match.group(1) == key and current == table:
+                return number
+            # dotted keys at the top level: teacher.path = "..."
+            if match is None and table is not None and current is None:
+                dotted = re.match(rf"""{re.escape(table)}\s*\.\s*["']?{re.escape(key)}["']?\s*=""", stripped)
+                if dotted:
+                    return number
+        return None
+
+    def error(self, table: str | None, key: str, message: str) -> CompressError:
+        line = self.line_of(table, key)
+        where = f"{self.path}, line {line}" if line else str(self.path)
+        return CompressError(f"recipe {where}: {message}")
