@@ -16,14 +16,7 @@ $(STAMP): pyproject.toml
 # On the built-in digits data: train a teacher, distil a student, export both to ONNX (parity
 # checked), quantize the student to int8, and benchmark all three against the teacher.
 demo: $(STAMP)
-	$(BIN)/compress train --model resnet8 --data digits --epochs 15 --augment shift --out runs/demo/teacher.pt
-	$(BIN)/compress distill --teacher runs/demo/teacher.pt --student mlp --model-arg hidden=128,128 \
-		--data digits --temperature 4 --alpha 0.9 --epochs 30 --out runs/demo/student.pt
-	$(BIN)/compress export runs/demo/teacher.pt --out runs/demo/teacher.onnx
-	$(BIN)/compress export runs/demo/student.pt --out runs/demo/student.onnx
-	$(BIN)/compress quantize runs/demo/student.onnx --out runs/demo/student.int8.onnx
-	$(BIN)/compress bench runs/demo/teacher.onnx runs/demo/student.onnx runs/demo/student.int8.onnx \
-		--batch-sizes 1,64 --threads 1 --report runs/demo/report
+	$(BIN)/compress run recipes/demo.toml
 
 test: $(STAMP)
 	$(BIN)/pytest -q

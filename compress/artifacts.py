@@ -154,8 +154,10 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any], manifest: dict
     import torch
 
     checkpoint = {"format": CHECKPOINT_FORMAT, **checkpoint}
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # through a file object, not the (random) temporary name, which torch.save would record in
+        # the archive: the same weights then give the same bytes, and the same sha256
+        torch.save(checkpoint, f)
     manifest["sha256"] = sha256_file(path)
     manifest["size_bytes"] = Path(path).stat().st_size
     write_json(manifest_path(path), manifest)

@@ -37,6 +37,7 @@ UNFINGERPRINTED = {"resume"}
 @dataclass
 class Stage:
     name: str                        # what --force takes
+    table: str                       # the recipe table of its settings
     config: Any                      # the stage's config dataclass, paths filled in
     inputs: dict[str, Path]          # role -> a file it reads (hashed)
     outputs: list[Path]              # files it writes (hashed once it finished)
@@ -85,12 +86,12 @@ def build_plan(recipe: Recipe) -> Plan:
 
     if recipe.teacher_path is None:
         teacher = out / "teacher.pt"
-        stages.append(Stage("train", config("teacher", out=str(teacher), data=data), {}, [teacher],
+        stages.append(Stage("train", "teacher", config("teacher", out=str(teacher), data=data), {}, [teacher],
                             data=data, resumable=True))
     else:
         teacher = recipe.teacher_path
     student = out / "student.pt"
-    stages.append(Stage("distill", config("student", out=str(student), data=data, teacher=str(teacher)),
+    stages.append(Stage("distill", "student", config("student", out=str(student), data=data, teacher=str(teacher)),
                         {"teacher": teacher}, [student], data=data, resumable=True))
     if teacher.suffix == ".onnx":
         teacher_onnx = teacher
@@ -103,7 +104,7 @@ def build_plan(recipe: Recipe) -> Plan:
     final = student_onnx
     if recipe.has("prune"):
         pruned = out / "student.pruned.pt"
-        stages.append(Stage("prune", config("prune", checkpoint=str(student), out=str(pruned),
+        stages.append(Stage("prune", "prune", config("prune", checkpoint=str(student), out=str(pruned),
                                             teacher=str(teacher)),
                             {"checkpoint": student, "teacher": teacher}, [pruned]))
         final = out / "student.pruned.onnx"
@@ -111,19 +112,37 @@ def build_plan(recipe: Recipe) -> Plan:
         variants.append(("student pruned", final))
     if recipe.has("quantize"):
         int8 = final.with_name(final.stem + ".int8.onnx")
-        stages.append(Stage("quantize", config("quantize", model=str(final), out=str(int8)),
+        stages.append(Stage("quantize", "quantize", config("quantize", model=str(final), out=str(int8)),
                             {"model": final}, [int8]))
         variants.append((("student pruned" if final != student_onnx else "student") + " int8", int8))
     report = out / "report"
     models = [path for _, path in variants]
-    stages.append(Stage("bench", config("bench", models=[str(p) for p in models], report=str(report),
+    stages.append(Stage("bench", "bench", config("bench", models=[str(p) for p in models], report=str(report),
                                         baseline=str(teacher_onnx)),
                         {f"models[{i}]": p for i, p in enumerate(models)}, [report / "report.json"]))
+    checks = _config_checks()
+    for stage in stages:
+        recipe.check(stage.table, checks[stage.name.split("-")[0]], stage.config)
     return Plan(recipe, stages, variants)
 
 
+def _config_checks() -> dict[str, Callable[[Any], None]]:
+    """Each stage's own check of its settings, run on the whole plan before any stage starts."""
+    from .bench.run import check_config as check_bench
+    from .distill.trainer import check_distill_config
+    from .export import check_config as check_export
+    from .loop import check_config as check_training
+    from .prune import check_prune_config
+    from .quantize import check_config as check_quantize
+
+    return {"train": check_training, "distill": check_distill_config, "prune": check_prune_config,
+            "export": check_export, "quantize": check_quantize,
+            # bench's check puts a missing baseline into the model list: give it a copy
+            "bench": lambda config: check_bench(dataclasses.replace(config, models=list(config.models)))}
+
+
 def _export(name: str, config: Callable, checkpoint: Path, onnx: Path) -> Stage:
-    return Stage(name, config("export", checkpoint=str(checkpoint), out=str(onnx)),
+    return Stage(name, "export", config("export", checkpoint=str(checkpoint), out=str(onnx)),
                  {"checkpoint": checkpoint}, [onnx])
 
 

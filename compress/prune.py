@@ -46,6 +46,7 @@ class PruneConfig(DistillConfig):
     round_to: int = 8                  # remaining channel counts rounded to a multiple of this
     unstructured: bool = False
     epochs: int = 3                    # recovery epochs after each pruning step
+    lr: float = 1e-3                   # peak learning rate of the recovery (fine-tuning, not training)
 
 
 def check_prune_config(config: PruneConfig) -> None:

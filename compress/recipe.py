@@ -28,9 +28,9 @@ import re
 import sys
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import CompressError
 
@@ -62,9 +62,23 @@ class Recipe:
     data: str
     teacher_path: Path | None           # an existing teacher, or None to train one
     tables: dict[str, dict[str, Any]]   # table -> settings (only the keys the recipe gives)
+    locator: _Locator = field(repr=False)
 
     def has(self, table: str) -> bool:
         return table in self.tables
+
+    def check(self, table: str, check: Callable[[Any], None], config: Any) -> None:
+        """Run a stage's own config check; its complaint names the recipe, the table and the line.
+
+        The checks speak in flags (``--amount``); in a recipe those are keys (``amount``)."""
+        try:
+            check(config)
+        except CompressError as exc:
+            message = re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), str(exc))
+            named = [key for key in self.tables.get(table, {}) if re.search(rf"\b{key}\b", message)]
+            if named:
+                raise self.locator.error(table, named[0], f"[{table}] {message}") from None
+            raise self.locator.error(None, table, f"[{table}] {message}") from None
 
 
 def config_classes() -> dict[str, type]:
@@ -144,7 +158,7 @@ def load_recipe(path: str | Path, data: str | None = None, out: str | None = Non
     for table, settings in tables.items():
         _check_table(table, settings, where)
     return Recipe(path=path, name=name, out=out_dir, data=data_spec, teacher_path=teacher_path,
-                  tables=tables)
+                  tables=tables, locator=where)
 
 
 def _default(table: str, key: str) -> Any:

@@ -1,5 +1,6 @@
 """``compress quantize`` on the digits data: int8 that keeps accuracy, a budget that is met, honest speed."""
 
+import importlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -8,7 +9,6 @@ import onnx
 import pytest
 import torch
 
-from compress import quantize as quantize_module
 from compress.artifacts import manifest_path
 from compress.cli import main
 from compress.errors import CompressError
@@ -16,6 +16,9 @@ from compress.export import ExportConfig, export
 from compress.hardware import CpuInfo
 from compress.quantize import Candidate, QuantizeConfig, Settings, choose_settings, quantize, search_space
 from compress.train import TrainConfig, train
+
+# the module (the package attribute compress.quantize is the API function)
+quantize_module = importlib.import_module("compress.quantize")
 
 X86_VNNI = CpuInfo("test", "x86_64", 2, frozenset({"avx2", "avx512f", "avx512_vnni"}))
 X86_AVX2 = CpuInfo("test", "x86_64", 2, frozenset({"avx2"}))

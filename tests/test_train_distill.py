@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from compress.artifacts import load_checkpoint, manifest_path
+from compress.distill import teachers
 from compress.distill.trainer import DistillConfig, distill
 from compress.errors import CompressError
 from compress.loop import Fit, resume_path
@@ -223,7 +224,7 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, teacher_pt, override
 
 
 def test_auto_cache_goes_to_disk_when_large_and_survives_an_interruption(tmp_path, teacher_pt, monkeypatch):
-    monkeypatch.setattr("compress.distill.teachers.MEMORY_CACHE_LIMIT_BYTES", 0)
+    monkeypatch.setattr(teachers, "MEMORY_CACHE_LIMIT_BYTES", 0)
     with monkeypatch.context() as patch:
         interrupt_after(patch, 1)
         with pytest.raises(KeyboardInterrupt):
