@@ -109,7 +109,7 @@ def write_results(path: Path, command: str, seconds: float, run_log: dict, runs:
         f"which runs `{command}` and then its bench stage once more (`--force bench`).",
         f"Machine: {machine()}.", "",
         "The final table of `compress run`: accuracy on the 10,000 test images through ONNX Runtime (CPU EP), "
-        f"latency from the recipe's `compress bench` (1 thread; p50, and the speed-up against the teacher as "
+        "latency from the recipe's `compress bench` (1 thread; p50, and the speed-up against the teacher as "
         "the median of 7 rounds alternating with it, with its 95% interval; \"again\": the same from the "
         "second bench run).", "",
         *table, "",
