@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("MNIST_DIR", "../shared/data/mnist"),
                         help="directory with the MNIST IDX files (default: $MNIST_DIR or ../shared/data/mnist)")
     parser.add_argument("--work", default="runs/bench/pipeline_mnist", help="the run folder")
-    parser.add_argument("--bench-repeats", type=int, default=2,
+    parser.add_argument("--bench-repeats", type=int, default=3,
                         help="bench runs in all (the first is the recipe's own)")
     parser.add_argument("--reuse", action="store_true",
                         help="keep what is up to date instead of running every stage again")
@@ -58,20 +58,14 @@ def main() -> None:
     for _ in range(options.bench_repeats - 1):
         compress_run(args + ["--force", "bench"])
         runs.append(json.loads((Path(options.work) / "run.json").read_text())["variants"])
-    report = json.loads((Path(options.work) / "report" / "report.json").read_text())
-    write_results(Path(options.results), command, seconds, run_log, runs, report)
+    write_results(Path(options.results), command, seconds, run_log, runs)
 
 
-def write_results(path: Path, command: str, seconds: float, run_log: dict, runs: list[list[dict]],
-                  report: dict) -> None:
+def write_results(path: Path, command: str, seconds: float, run_log: dict, runs: list[list[dict]]) -> None:
     first = runs[0]
-    teacher = first[0]
-    cis = {(r["model"], r["batch_size"]): r["speedup_ci"] for r in report["rows"]
-           if r["provider"] == "cpu" and r["threads"] == teacher["threads"]}
     table = ["| variant | top-1 % (Δ pts) | params | MACs | KiB | p50 batch 1 | speed-up batch 1 "
              "| p50 batch 64 | speed-up batch 64 |", "|" + " --- |" * 9]
     for index, row in enumerate(first):
-        name = Path(row["file"]).name
         delta = "" if index == 0 else f" ({row['accuracy_delta_points']:+.2f})"
         cells = [row["variant"], f"{100 * row['top1']:.2f}{delta}", f"{row['params']:,}",
                  f"{row['macs']:,}" if row["macs"] else "–", f"{row['size_bytes'] / 1024:.0f}"]
@@ -81,12 +75,12 @@ def write_results(path: Path, command: str, seconds: float, run_log: dict, runs:
                 cells.append("baseline")
                 continue
             speedups = [run[index]["latency"][batch]["speedup"] for run in runs]
-            low, high = cis[(name, int(batch))]
+            low, high = row["latency"][batch]["speedup_ci"]
             again = ", ".join(f"{s:.2f}x" for s in speedups[1:])
             cells.append(f"**{speedups[0]:.2f}x** ({low:.2f}–{high:.2f})" + (f"; again: {again}" if again else ""))
         table.append("| " + " | ".join(cells) + " |")
 
-    int8 = first[-1]
+    teacher, int8 = first[0], first[-1]
     macs_ratio = teacher["macs"] / int8["macs"]
     drop = -int8["accuracy_delta_points"]
     speedups_b1 = [run[-1]["latency"]["1"]["speedup"] for run in runs]
@@ -106,12 +100,12 @@ def write_results(path: Path, command: str, seconds: float, run_log: dict, runs:
     body = [
         "## The whole recipe on MNIST (`benchmarks/pipeline_mnist.py`)", "",
         f"Command: `python benchmarks/pipeline_mnist.py --data ../shared/data/mnist` ({time.strftime('%Y-%m-%d')}), "
-        f"which runs `{command}` and then its bench stage once more (`--force bench`).",
+        f"which runs `{command}` and then its bench stage {len(runs) - 1} more time(s) (`--force bench`).",
         f"Machine: {machine()}.", "",
         "The final table of `compress run`: accuracy on the 10,000 test images through ONNX Runtime (CPU EP), "
         "latency from the recipe's `compress bench` (1 thread; p50, and the speed-up against the teacher as "
         "the median of 7 rounds alternating with it, with its 95% interval; \"again\": the same from the "
-        "second bench run).", "",
+        "later bench runs).", "",
         *table, "",
         "| target | measured | wanted | met |", "| --- | --- | --- | --- |",
         *[f"| {what} | {measured} | {wanted} | {'yes' if met else '**no**'} |" for what, measured, wanted, met in targets],

@@ -394,7 +394,8 @@ def summary_rows(plan: Plan) -> list[dict[str, Any]]:
         if model is None:
             continue
         measured = model["providers"][provider]
-        latency = {str(r["batch_size"]): {"p50_ms": r["p50_ms"], "speedup": r["speedup"]}
+        latency = {str(r["batch_size"]): {"p50_ms": r["p50_ms"], "speedup": r["speedup"],
+                                          "speedup_ci": r["speedup_ci"]}
                    for r in report["rows"] if r["model"] == model["name"] and r["provider"] == provider
                    and r["threads"] == threads}
         rows.append({"variant": label, "file": str(path), "top1": measured["top1"],

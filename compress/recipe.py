@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .artifacts import manifest_path
 from .errors import CompressError
 
 if sys.version_info >= (3, 11):
@@ -151,6 +152,11 @@ def load_recipe(path: str | Path, data: str | None = None, out: str | None = Non
                               "Runtime")
         if not teacher_path.is_file():
             raise where.error("teacher", "path", f"teacher {teacher_path} does not exist; check the path")
+        if teacher_path.suffix == ".pt" and not manifest_path(teacher_path).is_file():
+            raise where.error("teacher", "path", f"teacher {teacher_path} has no manifest "
+                              f"({manifest_path(teacher_path).name}), so it is not a compress checkpoint "
+                              "the pipeline can export for the bench; export it to ONNX yourself and "
+                              "give path = TEACHER.onnx")
         del tables["teacher"]
     tables.setdefault("student", {})
     tables.setdefault("export", {})
@@ -162,8 +168,8 @@ def load_recipe(path: str | Path, data: str | None = None, out: str | None = Non
 
 
 def _default(table: str, key: str) -> Any:
-    field = {f.name: f for f in dataclasses.fields(config_classes()[table])}[key]
-    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    spec = {f.name: f for f in dataclasses.fields(config_classes()[table])}[key]
+    return spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
 
 
 def _check_table(table: str, settings: dict[str, Any], where: _Locator) -> None:

@@ -192,6 +192,7 @@ def test_a_given_teacher_and_a_prune_table_add_the_pruned_variants(in_tmp, capsy
     ('[quantize]\nper_channel = 1\n', r"line 2: \[quantize\] per_channel must be true or false"),
     ('[teacher]\npath = "missing.pt"\n', r"line 2: teacher missing.pt does not exist"),
     ('[teacher]\npath = "t.pt"\nepochs = 3\n', r"line 3: \[teacher\] takes either path = FILE"),
+    ('[teacher]\npath = "recipe.toml"\n', r"line 2: teacher recipe.toml must be a compress checkpoint \(.pt\) or an ONNX"),
     ('[student]\nout = "s.pt"\n', r"line 2: \[student\] out is set by the pipeline"),
     ('data = "mnist:/no/such/dir"\n', r"line 1: data 'mnist:/no/such/dir': /no/such/dir does not exist"),
     ('data = "mnist:${NO_SUCH_VARIABLE_SET}"\n', r"line 1: data uses \$\{NO_SUCH_VARIABLE_SET\}, which is not set"),
@@ -222,3 +223,10 @@ def test_force_names_a_stage_of_the_recipe(in_tmp, capsys):
 def test_missing_recipe(in_tmp, capsys):
     status, _, err = run_cli(capsys, "run", "nope.toml")
     assert status == 2 and "recipe nope.toml does not exist" in err
+
+
+def test_a_teacher_checkpoint_without_a_manifest_is_refused_before_anything_runs(in_tmp, capsys):
+    (in_tmp / "scripted.pt").write_bytes(b"a TorchScript file, say")
+    status, _, err = run_cli(capsys, "run", str(write_recipe(in_tmp, '[teacher]\npath = "scripted.pt"\n')))
+    assert status == 2
+    assert "line 2: teacher scripted.pt has no manifest" in err and "give path = TEACHER.onnx" in err
