@@ -11,19 +11,22 @@ read, the sha256 of every file it wrote, its status and times. A stage is skippe
 settings and inputs are what they were when it last finished and its outputs are still the
 files it wrote. A stage interrupted mid-way is picked up again: training and distillation
 resume from their last finished epoch; the others start over (every stage writes its outputs
-atomically, so nothing half-written is ever taken for done).
+atomically, so nothing half-written is ever taken for done). ``run.lock`` keeps a second run
+out of a folder in use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .artifacts import sha256_file, write_json
 from .errors import CompressError
@@ -265,9 +268,46 @@ def run(plan: Plan, force: set[str] = frozenset(), log: Callable[[str], None] = 
     whose upstream ran again but wrote the same bytes (training is deterministic on CPU) is skipped.
     """
     check_force(plan, force)
+    plan.recipe.out.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(plan.recipe.out):
+        return _run_stages(plan, force, log)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """One run at a time per run folder: two would overwrite each other's artifacts and run.json."""
+    lock = folder / "run.lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None:
+                raise CompressError(f"another compress run (process {holder}) is using {folder}; wait for it "
+                                    f"to finish, or give this one another folder with --out") from None
+            lock.unlink(missing_ok=True)  # left by a run that was killed: take it over
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_holder(lock: Path) -> int | None:
+    """The live process holding ``lock``, or None when the lock is stale."""
+    try:
+        pid = int(lock.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):  # gone, unreadable, or no such process
+        return None
+    return pid
+
+
+def _run_stages(plan: Plan, force: set[str], log: Callable[[str], None]) -> dict[str, Any]:
     run_log, hashes = read_log(plan), Hashes()
     run_log.update(recipe=str(plan.recipe.path), name=plan.recipe.name, out=str(plan.recipe.out))
-    plan.recipe.out.mkdir(parents=True, exist_ok=True)
     started_run = time.perf_counter()
     for number, stage in enumerate(plan.stages, start=1):
         record = run_log["stages"].get(stage.name)

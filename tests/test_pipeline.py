@@ -230,3 +230,24 @@ def test_a_teacher_checkpoint_without_a_manifest_is_refused_before_anything_runs
     status, _, err = run_cli(capsys, "run", str(write_recipe(in_tmp, '[teacher]\npath = "scripted.pt"\n')))
     assert status == 2
     assert "line 2: teacher scripted.pt has no manifest" in err and "give path = TEACHER.onnx" in err
+
+
+def test_one_run_at_a_time_per_folder_and_a_killed_runs_lock_is_taken_over(in_tmp, capsys):
+    import os
+    import subprocess
+    import sys
+
+    run = in_tmp / "runs" / "tiny"
+    run.mkdir(parents=True)
+    (run / "run.lock").write_text(str(os.getpid()))  # a live process holds it
+    status, _, err = run_cli(capsys, "run", str(write_recipe(in_tmp)))
+    assert status == 2
+    assert f"another compress run (process {os.getpid()}) is using runs/tiny" in err
+    assert not (run / "run.json").exists()
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (run / "run.lock").write_text(gone)  # its process has ended
+    status, _, err = run_cli(capsys, "run", str(write_recipe(in_tmp)))
+    assert status == 0, err
+    assert not (run / "run.lock").exists()
