@@ -47,6 +47,11 @@ class Stage:
     data: str | None = None          # a data source it reads (its files hashed)
     resumable: bool = False          # train/distill: continue from the last finished epoch
 
+    @property
+    def kind(self) -> str:
+        """The command it runs: export-teacher -> export."""
+        return self.name.split("-")[0]
+
     def settings(self) -> dict[str, Any]:
         """The config that decides what the stage computes (its file paths are hashed instead)."""
         paths = {"out", "report", *self.inputs}
@@ -125,7 +130,7 @@ def build_plan(recipe: Recipe) -> Plan:
                         {f"models[{i}]": p for i, p in enumerate(models)}, [report / "report.json"]))
     checks = _config_checks()
     for stage in stages:
-        recipe.check(stage.table, checks[stage.name.split("-")[0]], stage.config)
+        recipe.check(stage.table, checks[stage.kind], stage.config)
     return Plan(recipe, stages, variants)
 
 
@@ -277,18 +282,23 @@ def run(plan: Plan, force: set[str] = frozenset(), log: Callable[[str], None] = 
 def _folder_lock(folder: Path) -> Iterator[None]:
     """One run at a time per run folder: two would overwrite each other's artifacts and run.json."""
     lock = folder / "run.lock"
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            holder = _lock_holder(lock)
-            if holder is not None:
-                raise CompressError(f"another compress run (process {holder}) is using {folder}; wait for it "
-                                    f"to finish, or give this one another folder with --out") from None
-            lock.unlink(missing_ok=True)  # left by a run that was killed: take it over
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
+    # the lock appears with its process id already in it (a hard link is created atomically or not
+    # at all), so a competing run never reads an empty lock and takes it for a stale one
+    claim = folder / f".run.lock.{os.getpid()}"
+    claim.write_text(str(os.getpid()))
+    try:
+        while True:
+            try:
+                os.link(claim, lock)
+                break
+            except FileExistsError:
+                holder = _lock_holder(lock)
+                if holder is not None:
+                    raise CompressError(f"another compress run (process {holder}) is using {folder}; wait "
+                                        "for it to finish, or give this one another folder with --out") from None
+                lock.unlink(missing_ok=True)  # left by a run that was killed: take it over
+    finally:
+        claim.unlink(missing_ok=True)
     try:
         yield
     finally:
@@ -365,8 +375,7 @@ def _clear_stale_resume_state(stage: Stage, decision: Decision, log: Callable[[s
 
 def _execute(stage: Stage, resume: bool, log: Callable[[str], None]) -> str:
     """Run one stage through the function its command calls; return a one-line summary."""
-    config = stage.config
-    kind = stage.name.split("-")[0]
+    config, kind = stage.config, stage.kind
     if kind == "train":
         from .train import train
 

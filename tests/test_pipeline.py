@@ -133,7 +133,6 @@ def test_an_interrupted_distillation_resumes_and_ends_as_an_uninterrupted_run(in
     assert not list(run.glob(".*.tmp"))
 
     monkeypatch.setattr(Fit, "_train_one_epoch", original)
-    status, _, err = run_cli(capsys, "run", "--dry-run", str(recipe))
     status, out, err = run_cli(capsys, "run", str(recipe))
     assert status == 0, err
     assert "[1/6] train: skipped, up to date" in err
