@@ -32,10 +32,12 @@ SECTION = "bench_overhead"
 
 def trivial_model() -> bytes:
     graph = helper.make_graph(
-        [helper.make_node("Add", ["input", "one"], ["logits"])], "trivial",
+        [helper.make_node("Add", ["input", "one"], ["logits"])],
+        "trivial",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
-        [numpy_helper.from_array(np.ones(4, np.float32), "one")])
+        [numpy_helper.from_array(np.ones(4, np.float32), "one")],
+    )
     return _serialise(graph)
 
 
@@ -44,15 +46,22 @@ def small_model() -> bytes:
     widths = [64, 256, 256, 10]
     nodes, inits, x = [], [], "input"
     for i, (a, b) in enumerate(zip(widths, widths[1:])):
-        inits += [numpy_helper.from_array(rng.normal(0, a ** -0.5, (a, b)).astype(np.float32), f"w{i}"),
-                  numpy_helper.from_array(np.zeros(b, np.float32), f"b{i}")]
+        inits += [
+            numpy_helper.from_array(rng.normal(0, a**-0.5, (a, b)).astype(np.float32), f"w{i}"),
+            numpy_helper.from_array(np.zeros(b, np.float32), f"b{i}"),
+        ]
         last = i == len(widths) - 2
         nodes.append(helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], ["logits" if last else f"g{i}"]))
         if not last:
             nodes.append(helper.make_node("Relu", [f"g{i}"], [f"h{i}"]))
             x = f"h{i}"
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
     return _serialise(graph)
 
 
@@ -84,12 +93,16 @@ def measure(model: bytes, width: int, rounds: int, calls: int) -> dict:
         harness_p50.append(float(np.median(times)))
 
     for r in range(rounds):  # which side goes first alternates, so neither always runs warmer
-        for side in ((bare, harness) if r % 2 == 0 else (harness, bare)):
+        for side in (bare, harness) if r % 2 == 0 else (harness, bare):
             side()
     bare, mean, p50 = map(np.asarray, (bare_mean, harness_mean, harness_p50))
-    return {"bare_us": float(np.median(bare)), "harness_mean_us": float(np.median(mean)),
-            "harness_p50_us": float(np.median(p50)),
-            "overhead_mean_us": _spread(mean - bare), "overhead_p50_us": _spread(p50 - bare)}
+    return {
+        "bare_us": float(np.median(bare)),
+        "harness_mean_us": float(np.median(mean)),
+        "harness_p50_us": float(np.median(p50)),
+        "overhead_mean_us": _spread(mean - bare),
+        "overhead_p50_us": _spread(p50 - bare),
+    }
 
 
 def _spread(values: np.ndarray) -> tuple[float, float, float]:
@@ -102,24 +115,34 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000, help="session.run calls per round and side")
     parser.add_argument("--results", default=str(RESULTS))
     options = parser.parse_args()
-    lines = ["| model | bare loop, µs/call | harness mean, µs | harness p50, µs | overhead of the mean, µs "
-             "| overhead of the p50, µs |", "| --- | --- | --- | --- | --- | --- |"]
-    for name, model, width in (("trivial (one Add, 4 floats)", trivial_model(), 4),
-                               ("small (MLP 64-256-256-10)", small_model(), 64)):
+    lines = [
+        "| model | bare loop, µs/call | harness mean, µs | harness p50, µs | overhead of the mean, µs "
+        "| overhead of the p50, µs |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, model, width in (
+        ("trivial (one Add, 4 floats)", trivial_model(), 4),
+        ("small (MLP 64-256-256-10)", small_model(), 64),
+    ):
         r = measure(model, width, options.rounds, options.calls)
         mean, p50 = r["overhead_mean_us"], r["overhead_p50_us"]
-        lines.append(f"| {name} | {r['bare_us']:.2f} | {r['harness_mean_us']:.2f} | {r['harness_p50_us']:.2f} "
-                     f"| {mean[0]:+.2f} ({mean[1]:+.2f} to {mean[2]:+.2f}) "
-                     f"| {p50[0]:+.2f} ({p50[1]:+.2f} to {p50[2]:+.2f}) |")
+        lines.append(
+            f"| {name} | {r['bare_us']:.2f} | {r['harness_mean_us']:.2f} | {r['harness_p50_us']:.2f} "
+            f"| {mean[0]:+.2f} ({mean[1]:+.2f} to {mean[2]:+.2f}) "
+            f"| {p50[0]:+.2f} ({p50[1]:+.2f} to {p50[2]:+.2f}) |"
+        )
         print(lines[-1], flush=True)
     body = [
-        "## Latency harness overhead (`benchmarks/bench_overhead.py`)", "",
+        "## Latency harness overhead (`benchmarks/bench_overhead.py`)",
+        "",
         f"Command: `python benchmarks/bench_overhead.py` ({time.strftime('%Y-%m-%d')}; "
         f"{options.rounds} alternating rounds of {options.calls} calls per side, batch 1, 1 thread).",
-        f"Machine: {machine()}.", "",
+        f"Machine: {machine()}.",
+        "",
         "Bare: `session.run` in a plain loop timed as one block (mean per call). Harness: the call "
         "`compress bench` times, through `latency.time_calls` (a clock read around every call). "
-        "Overhead = harness − bare per round: median (lowest to highest round).", "",
+        "Overhead = harness − bare per round: median (lowest to highest round).",
+        "",
         *lines,
     ]
     write_section(Path(options.results), SECTION, body)

@@ -39,19 +39,23 @@ def compress_run(args: list[str]) -> tuple[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("MNIST_DIR", "../shared/data/mnist"),
-                        help="directory with the MNIST IDX files (default: $MNIST_DIR or ../shared/data/mnist)")
+    parser.add_argument(
+        "--data",
+        default=os.environ.get("MNIST_DIR", "../shared/data/mnist"),
+        help="directory with the MNIST IDX files (default: $MNIST_DIR or ../shared/data/mnist)",
+    )
     parser.add_argument("--work", default="runs/bench/pipeline_mnist", help="the run folder")
-    parser.add_argument("--bench-repeats", type=int, default=3,
-                        help="bench runs in all (the first is the recipe's own)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="keep what is up to date instead of running every stage again")
+    parser.add_argument(
+        "--bench-repeats", type=int, default=3, help="bench runs in all (the first is the recipe's own)"
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep what is up to date instead of running every stage again"
+    )
     parser.add_argument("--results", default=str(RESULTS))
     options = parser.parse_args()
     if not Path(options.data).is_dir():
         sys.exit(f"error: MNIST directory {options.data} not found; pass --data DIR")
-    args = [str(RECIPE.relative_to(REPO)), "--data", f"mnist:{Path(options.data).resolve()}",
-            "--out", options.work]
+    args = [str(RECIPE.relative_to(REPO)), "--data", f"mnist:{Path(options.data).resolve()}", "--out", options.work]
     command, seconds = compress_run(args + ([] if options.reuse else ["--force", "all"]))
     run_log = json.loads((Path(options.work) / "run.json").read_text())
     runs = [run_log["variants"]]
@@ -63,12 +67,20 @@ def main() -> None:
 
 def write_results(path: Path, command: str, seconds: float, run_log: dict, runs: list[list[dict]]) -> None:
     first = runs[0]
-    table = ["| variant | top-1 % (Δ pts) | params | MACs | KiB | p50 batch 1 | speed-up batch 1 "
-             "| p50 batch 64 | speed-up batch 64 |", "|" + " --- |" * 9]
+    table = [
+        "| variant | top-1 % (Δ pts) | params | MACs | KiB | p50 batch 1 | speed-up batch 1 "
+        "| p50 batch 64 | speed-up batch 64 |",
+        "|" + " --- |" * 9,
+    ]
     for index, row in enumerate(first):
         delta = "" if index == 0 else f" ({row['accuracy_delta_points']:+.2f})"
-        cells = [row["variant"], f"{100 * row['top1']:.2f}{delta}", f"{row['params']:,}",
-                 f"{row['macs']:,}" if row["macs"] else "–", f"{row['size_bytes'] / 1024:.0f}"]
+        cells = [
+            row["variant"],
+            f"{100 * row['top1']:.2f}{delta}",
+            f"{row['params']:,}",
+            f"{row['macs']:,}" if row["macs"] else "–",
+            f"{row['size_bytes'] / 1024:.0f}",
+        ]
         for batch in ("1", "64"):
             cells.append(f"{row['latency'][batch]['p50_ms']:.3f} ms")
             if index == 0:
@@ -86,30 +98,54 @@ def write_results(path: Path, command: str, seconds: float, run_log: dict, runs:
     speedups_b1 = [run[-1]["latency"]["1"]["speedup"] for run in runs]
     minutes = seconds / 60
     targets = [
-        ("MACs: teacher / student", f"{macs_ratio:.1f}x", f"≥ {TARGETS['macs_ratio']:.0f}x",
-         macs_ratio >= TARGETS["macs_ratio"]),
-        ("accuracy: student int8 below the teacher", f"{drop:.2f} points", f"≤ {TARGETS['accuracy_drop_points']}",
-         drop <= TARGETS["accuracy_drop_points"]),
-        ("batch 1, 1 thread: student int8 against the teacher (each bench run)",
-         ", ".join(f"{s:.2f}x" for s in speedups_b1), f"≥ {TARGETS['speedup_b1']:.0f}x",
-         min(speedups_b1) >= TARGETS["speedup_b1"]),
-        ("the whole recipe, every stage run", f"{minutes:.1f} min", f"< {TARGETS['minutes']:.0f} min",
-         minutes < TARGETS["minutes"]),
+        (
+            "MACs: teacher / student",
+            f"{macs_ratio:.1f}x",
+            f"≥ {TARGETS['macs_ratio']:.0f}x",
+            macs_ratio >= TARGETS["macs_ratio"],
+        ),
+        (
+            "accuracy: student int8 below the teacher",
+            f"{drop:.2f} points",
+            f"≤ {TARGETS['accuracy_drop_points']}",
+            drop <= TARGETS["accuracy_drop_points"],
+        ),
+        (
+            "batch 1, 1 thread: student int8 against the teacher (each bench run)",
+            ", ".join(f"{s:.2f}x" for s in speedups_b1),
+            f"≥ {TARGETS['speedup_b1']:.0f}x",
+            min(speedups_b1) >= TARGETS["speedup_b1"],
+        ),
+        (
+            "the whole recipe, every stage run",
+            f"{minutes:.1f} min",
+            f"< {TARGETS['minutes']:.0f} min",
+            minutes < TARGETS["minutes"],
+        ),
     ]
     stages = [f"{name} {record['seconds']:.0f} s" for name, record in run_log["stages"].items()]
     body = [
-        "## The whole recipe on MNIST (`benchmarks/pipeline_mnist.py`)", "",
+        "## The whole recipe on MNIST (`benchmarks/pipeline_mnist.py`)",
+        "",
         f"Command: `python benchmarks/pipeline_mnist.py --data ../shared/data/mnist` ({time.strftime('%Y-%m-%d')}), "
         f"which runs `{command}` and then its bench stage {len(runs) - 1} more time(s) (`--force bench`).",
-        f"Machine: {machine()}.", "",
+        f"Machine: {machine()}.",
+        "",
         "The final table of `compress run`: accuracy on the 10,000 test images through ONNX Runtime (CPU EP), "
         "latency from the recipe's `compress bench` (1 thread; p50, and the speed-up against the teacher as "
-        "the median of 7 rounds alternating with it, with its 95% interval; \"again\": the same from the "
-        "later bench runs).", "",
-        *table, "",
-        "| target | measured | wanted | met |", "| --- | --- | --- | --- |",
-        *[f"| {what} | {measured} | {wanted} | {'yes' if met else '**no**'} |" for what, measured, wanted, met in targets],
-        "", f"Stage times: {', '.join(stages)} (whole command {seconds:.0f} s).",
+        'the median of 7 rounds alternating with it, with its 95% interval; "again": the same from the '
+        "later bench runs).",
+        "",
+        *table,
+        "",
+        "| target | measured | wanted | met |",
+        "| --- | --- | --- | --- |",
+        *[
+            f"| {what} | {measured} | {wanted} | {'yes' if met else '**no**'} |"
+            for what, measured, wanted, met in targets
+        ],
+        "",
+        f"Stage times: {', '.join(stages)} (whole command {seconds:.0f} s).",
     ]
     write_section(path, SECTION, body)
 

@@ -41,8 +41,11 @@ def compress_cli(args: list[str], commands: list[str], reuse: bool, out: Path) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("COMPRESS_MNIST_DIR", "../shared/data/mnist"),
-                        help="directory with the MNIST IDX files (default: $COMPRESS_MNIST_DIR or ../shared/data/mnist)")
+    parser.add_argument(
+        "--data",
+        default=os.environ.get("COMPRESS_MNIST_DIR", "../shared/data/mnist"),
+        help="directory with the MNIST IDX files (default: $COMPRESS_MNIST_DIR or ../shared/data/mnist)",
+    )
     parser.add_argument("--teacher", default=str(TEACHER))
     parser.add_argument("--work", default="runs/bench/prune_mnist")
     parser.add_argument("--epochs", type=int, default=5, help="recovery epochs")
@@ -72,10 +75,29 @@ def main() -> None:
     for amount in AMOUNTS:
         name = f"pruned{int(100 * amount)}"
         checkpoint = work / f"{name}.pt"
-        compress_cli(["prune", options.teacher, "--amount", str(amount), "--epochs", str(options.epochs),
-                      "--augment", options.augment, "--round-to", str(options.round_to), "--data", data,
-                      "--device", "cpu",
-                      "--out", str(checkpoint)], commands, reuse, checkpoint)
+        compress_cli(
+            [
+                "prune",
+                options.teacher,
+                "--amount",
+                str(amount),
+                "--epochs",
+                str(options.epochs),
+                "--augment",
+                options.augment,
+                "--round-to",
+                str(options.round_to),
+                "--data",
+                data,
+                "--device",
+                "cpu",
+                "--out",
+                str(checkpoint),
+            ],
+            commands,
+            reuse,
+            checkpoint,
+        )
         onnx_path = work / f"{name}.onnx"
         compress_cli(["export", str(checkpoint), "--out", str(onnx_path)], commands, reuse, onnx_path)
         int8 = work / f"{name}.int8.onnx"
@@ -83,8 +105,23 @@ def main() -> None:
         models += [onnx_path, int8]
         pruned[name] = json.loads(manifest_path(checkpoint).read_text())["pruning"]
     report_dir = work / "report"
-    compress_cli(["bench", *map(str, models), "--baseline", str(base_onnx), "--batch-sizes", "1,64",
-                  "--threads", "1,2", "--report", str(report_dir)], commands, False, report_dir)
+    compress_cli(
+        [
+            "bench",
+            *map(str, models),
+            "--baseline",
+            str(base_onnx),
+            "--batch-sizes",
+            "1,64",
+            "--threads",
+            "1,2",
+            "--report",
+            str(report_dir),
+        ],
+        commands,
+        False,
+        report_dir,
+    )
     report = json.loads((report_dir / "report.json").read_text())
     elapsed = time.perf_counter() - started
     write_results(Path(options.results), report, pruned, commands, elapsed, options)
@@ -95,16 +132,24 @@ def write_results(path: Path, report: dict, pruned: dict, commands: list[str], e
     rows = {}
     for r in report["rows"]:
         rows.setdefault(r["model"], {})[(r["batch_size"], r["threads"])] = r
-    table = ["| model | top-1 % (Δ pts) | params | MACs | KiB | batch 1, 1 thread | batch 1, 2 threads "
-             "| batch 64, 1 thread | batch 64, 2 threads |", "|" + " --- |" * 9]
+    table = [
+        "| model | top-1 % (Δ pts) | params | MACs | KiB | batch 1, 1 thread | batch 1, 2 threads "
+        "| batch 64, 1 thread | batch 64, 2 threads |",
+        "|" + " --- |" * 9,
+    ]
     for name, m in models.items():
         stem = name.split(".")[0]
         prune_record = pruned.get(stem)
         macs = prune_record["after"]["macs"] if prune_record else next(iter(pruned.values()))["before"]["macs"]
         acc = m["providers"]["cpu"]
         delta = "" if m["baseline"] else f" ({acc['accuracy_delta_points']:+.2f})"
-        cells = [name, f"{100 * acc['top1']:.2f}{delta}", f"{m['params']:,}" if m["params"] else "–",
-                 f"{macs:,}", f"{m['size_bytes'] / 1024:.0f}"]
+        cells = [
+            name,
+            f"{100 * acc['top1']:.2f}{delta}",
+            f"{m['params']:,}" if m["params"] else "–",
+            f"{macs:,}",
+            f"{m['size_bytes'] / 1024:.0f}",
+        ]
         for key in ((1, 1), (1, 2), (64, 1), (64, 2)):
             r = rows[name][key]
             if r["speedup"] is None:
@@ -114,23 +159,34 @@ def write_results(path: Path, report: dict, pruned: dict, commands: list[str], e
                 label = "" if r["verdict"] == "faster" else f" {r['verdict']}"
                 cells.append(f"{r['p50_ms']:.3f} ms, **{r['speedup']:.2f}x** ({low:.2f}–{high:.2f}){label}")
         table.append("| " + " | ".join(cells) + " |")
-    recovery = [f"- {name}: test accuracy {100 * p['before']['test_accuracy']:.2f}% → "
-                f"{100 * p['steps'][0]['test_accuracy_pruned']:.2f}% right after pruning → "
-                f"{100 * p['after']['test_accuracy']:.2f}% after {options.epochs} recovery epochs "
-                f"(augment {options.augment}); widths "
-                + ", ".join(f"{k} {p['widths_before'][k]}→{v}" for k, v in p["widths_after"].items()
-                            if v != p["widths_before"][k]) for name, p in pruned.items()]
+    recovery = [
+        f"- {name}: test accuracy {100 * p['before']['test_accuracy']:.2f}% → "
+        f"{100 * p['steps'][0]['test_accuracy_pruned']:.2f}% right after pruning → "
+        f"{100 * p['after']['test_accuracy']:.2f}% after {options.epochs} recovery epochs "
+        f"(augment {options.augment}); widths "
+        + ", ".join(
+            f"{k} {p['widths_before'][k]}→{v}" for k, v in p["widths_after"].items() if v != p["widths_before"][k]
+        )
+        for name, p in pruned.items()
+    ]
     body = [
-        "## Structured pruning on MNIST (`benchmarks/prune_mnist.py`)", "",
+        "## Structured pruning on MNIST (`benchmarks/prune_mnist.py`)",
+        "",
         f"Command: `python benchmarks/prune_mnist.py --data ../shared/data/mnist` "
         f"({time.strftime('%Y-%m-%d')}, {elapsed / 60:.1f} min).",
-        f"Machine: {machine()}.", "",
+        f"Machine: {machine()}.",
+        "",
         "The ResNet-8 teacher pruned with `compress prune --amount A` (L2 importance, channels rounded "
         f"to multiples of {options.round_to}), recovered by distillation from itself, exported, and "
         "quantized (static int8, compress's defaults). Accuracy on the 10,000 test images through "
         "ONNX Runtime; latency from `compress bench` against the unpruned fp32 model: p50 and the "
-        "speed-up with its 95% interval over 7 alternating rounds.", "",
-        *table, "", *recovery, "", *commands_block(commands),
+        "speed-up with its 95% interval over 7 alternating rounds.",
+        "",
+        *table,
+        "",
+        *recovery,
+        "",
+        *commands_block(commands),
     ]
     write_section(path, SECTION, body)
 

@@ -41,8 +41,7 @@ VARIANTS = [  # name, extra `compress quantize` arguments
     ("static entropy", ["--calibration", "entropy"]),
     ("static percentile", ["--calibration", "percentile"]),
     ("searched", ["--search", "--max-accuracy-drop", str(BUDGET)]),
-    ("searched for batch 1", ["--search", "--max-accuracy-drop", str(BUDGET), "--batch-size", "1",
-                              "--threads", "2"]),
+    ("searched for batch 1", ["--search", "--max-accuracy-drop", str(BUDGET), "--batch-size", "1", "--threads", "2"]),
 ]
 
 
@@ -62,7 +61,7 @@ def ort_default(fp32: Path, out: Path, calibration: np.ndarray, input_name: str)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{input_name: calibration[i:i + 32]} for i in range(0, len(calibration), 32)])
+            self.batches = iter([{input_name: calibration[i : i + 32]} for i in range(0, len(calibration), 32)])
 
         def get_next(self):
             return next(self.batches, None)
@@ -70,8 +69,9 @@ def ort_default(fp32: Path, out: Path, calibration: np.ndarray, input_name: str)
     quantize_static(str(fp32), str(out), Reader())
 
 
-def measure(models: dict[str, Path], x_test: np.ndarray, y_test: np.ndarray, batches: list[int],
-            threads: list[int], rounds: int) -> dict:
+def measure(
+    models: dict[str, Path], x_test: np.ndarray, y_test: np.ndarray, batches: list[int], threads: list[int], rounds: int
+) -> dict:
     """Accuracy of each model, and latency of each int8 variant interleaved with fp32, pair by pair.
 
     Only the two sessions of a pair exist while it is timed: ONNX Runtime's idle worker threads
@@ -88,25 +88,35 @@ def measure(models: dict[str, Path], x_test: np.ndarray, y_test: np.ndarray, bat
             for name, path in models.items():
                 if name == "fp32":
                     continue
-                pair = {n: OnnxClassifier(open_session(p, threads=t)) for n, p in (("fp32", models["fp32"]), (name, path))}
+                pair = {
+                    n: OnnxClassifier(open_session(p, threads=t)) for n, p in (("fp32", models["fp32"]), (name, path))
+                }
                 calls = {n: (lambda r=r: r.session.run([r.output_name], {r.input_name: feed})) for n, r in pair.items()}
                 comparison = compare(calls, baseline="fp32", batch_size=b, rounds=rounds, seconds_per_round=0.3)
                 ratio, low, high = comparison.speedup(name)
-                results[name][f"b{b}t{t}"] = {"p50_ms": comparison.stats[name].p50_ms,
-                                             "cv": comparison.stats[name].cv,
-                                             "speedup": ratio, "speedup_range": [low, high]}
+                results[name][f"b{b}t{t}"] = {
+                    "p50_ms": comparison.stats[name].p50_ms,
+                    "cv": comparison.stats[name].cv,
+                    "speedup": ratio,
+                    "speedup_range": [low, high],
+                }
                 fp32_p50.append(comparison.stats["fp32"].p50_ms)
                 del pair, calls
-            results["fp32"][f"b{b}t{t}"] = {"p50_ms": float(np.median(fp32_p50)),
-                                           "p50_range_ms": [min(fp32_p50), max(fp32_p50)]}
+            results["fp32"][f"b{b}t{t}"] = {
+                "p50_ms": float(np.median(fp32_p50)),
+                "p50_range_ms": [min(fp32_p50), max(fp32_p50)],
+            }
             print(f"  timed batch {b}, {t} thread(s)", flush=True)
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("COMPRESS_MNIST_DIR", "../shared/data/mnist"),
-                        help="directory with the MNIST IDX files (default: $COMPRESS_MNIST_DIR or ../shared/data/mnist)")
+    parser.add_argument(
+        "--data",
+        default=os.environ.get("COMPRESS_MNIST_DIR", "../shared/data/mnist"),
+        help="directory with the MNIST IDX files (default: $COMPRESS_MNIST_DIR or ../shared/data/mnist)",
+    )
     parser.add_argument("--teacher", default=str(TEACHER))
     parser.add_argument("--student", default=str(STUDENT))
     parser.add_argument("--work", default="runs/bench/quantize_mnist")
@@ -131,21 +141,25 @@ def main() -> None:
         models = {"fp32": fp32}
         for name, extra in VARIANTS:
             out = work / f"{role}.int8-{name.replace(' ', '-')}.onnx"
-            compress_cli(["quantize", str(fp32), "--out", str(out), "--data", data, *extra],
-                         commands, not options.fresh)
+            compress_cli(
+                ["quantize", str(fp32), "--out", str(out), "--data", data, *extra], commands, not options.fresh
+            )
             models[name] = out
         manifest = json.loads(manifest_path(fp32).read_text())
         dataset = load_dataset(data, preprocessing=Preprocessing.from_dict(manifest["preprocessing"]))
         reference = work / f"{role}.int8-ort-default.onnx"
         calibration_idx = np.sort(np.random.default_rng(0).choice(len(dataset.x_train), 512, replace=False))
         ort_default(fp32, reference, dataset.x_train[calibration_idx], manifest["input_spec"]["name"])
-        commands.append(f"onnxruntime.quantization.quantize_static({fp32}, {reference}, reader)  "
-                        "# every default, same 512 calibration samples")
+        commands.append(
+            f"onnxruntime.quantization.quantize_static({fp32}, {reference}, reader)  "
+            "# every default, same 512 calibration samples"
+        )
         models["ORT default static"] = reference
         print(f"measuring {role}: {len(models)} models", flush=True)
         results = measure(models, dataset.x_test, dataset.y_test, [1, 64], [1, 2], options.rounds)
-        searched = {name: json.loads(manifest_path(models[name]).read_text())
-                    for name in models if name.startswith("searched")}
+        searched = {
+            name: json.loads(manifest_path(models[name]).read_text()) for name in models if name.startswith("searched")
+        }
         table += rows(role, results, searched)
         notes += search_notes(role, searched)
     elapsed = time.perf_counter() - started
@@ -159,10 +173,17 @@ def rows(role: str, results: dict, searched: dict[str, dict]) -> list[str]:
         label = name
         if name in searched:
             q = searched[name]["quantization"]
-            label += (f" ({q['mode']} {q['format']} {q['activation_type']}{q['weight_type']}"
-                      f"{' per-channel' if q['per_channel'] else ''})")
-        cells = [f"{role}", label, f"{100 * r['accuracy']:.2f}",
-                 f"{100 * (r['accuracy'] - fp32['accuracy']):+.2f}", f"{r['size_bytes'] / 1024:.0f}"]
+            label += (
+                f" ({q['mode']} {q['format']} {q['activation_type']}{q['weight_type']}"
+                f"{' per-channel' if q['per_channel'] else ''})"
+            )
+        cells = [
+            f"{role}",
+            label,
+            f"{100 * r['accuracy']:.2f}",
+            f"{100 * (r['accuracy'] - fp32['accuracy']):+.2f}",
+            f"{r['size_bytes'] / 1024:.0f}",
+        ]
         for key in ("b1t1", "b1t2", "b64t1", "b64t2"):
             m = r[key]
             if name == "fp32":  # the median over the pairs, and its range
@@ -179,18 +200,21 @@ def search_notes(role: str, searched: dict[str, dict]) -> list[str]:
     for name, manifest in searched.items():
         metrics, latency = manifest["metrics"], manifest["metrics"]["latency"]
         threads = latency["threads"] or "default"
-        lines.append(f"- {role}, {name}: `--search` tried {len(manifest['quantization']['search'])} "
-                     f"settings, timed at batch {latency['batch_size']} on {threads} threads; its own "
-                     f"check measured {latency['speedup']:.2f}x over fp32 "
-                     f"({latency['speedup_range'][0]:.2f}–{latency['speedup_range'][1]:.2f}); "
-                     f"recommendation: **{metrics['recommendation']}**.")
+        lines.append(
+            f"- {role}, {name}: `--search` tried {len(manifest['quantization']['search'])} "
+            f"settings, timed at batch {latency['batch_size']} on {threads} threads; its own "
+            f"check measured {latency['speedup']:.2f}x over fp32 "
+            f"({latency['speedup_range'][0]:.2f}–{latency['speedup_range'][1]:.2f}); "
+            f"recommendation: **{metrics['recommendation']}**."
+        )
         for warning in metrics["warnings"]:
-            lines.append(f"  Warning printed: \"{warning}\"")
+            lines.append(f'  Warning printed: "{warning}"')
     return lines
 
 
-def write_results(path: Path, table: list[str], notes: list[str], commands: list[str], elapsed: float,
-                  rounds: int) -> None:
+def write_results(
+    path: Path, table: list[str], notes: list[str], commands: list[str], elapsed: float, rounds: int
+) -> None:
     body = [
         "## int8 quantization on MNIST (`benchmarks/quantize_mnist.py`)",
         "",

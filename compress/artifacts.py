@@ -97,14 +97,12 @@ def read_manifest(artifact: str | Path, required: bool = False) -> dict[str, Any
     path = manifest_path(artifact)
     if not path.exists():
         if required:
-            raise CompressError(f"{artifact} has no manifest ({path.name}); "
-                                "it must be an artifact written by compress")
+            raise CompressError(f"{artifact} has no manifest ({path.name}); it must be an artifact written by compress")
         return None
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CompressError(f"manifest {path} is not valid JSON ({exc}); "
-                            "delete it or re-create the artifact") from None
+        raise CompressError(f"manifest {path} is not valid JSON ({exc}); delete it or re-create the artifact") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise CompressError(f"{path} is not a compress manifest (expected format {MANIFEST_FORMAT})")
     return manifest
@@ -117,8 +115,12 @@ def versions() -> dict[str, str]:
 
     from . import __version__
 
-    found = {"compress": __version__, "python": platform.python_version(),
-             "torch": torch.__version__, "numpy": numpy.__version__}
+    found = {
+        "compress": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+    }
     for name in ("onnx", "onnxruntime"):
         try:
             found[name] = __import__(name).__version__
@@ -174,9 +176,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load fails in many ways on damaged or foreign files
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CompressError(f"{path} is not a readable compress checkpoint ({first_line}); "
-                            "re-create it with `compress train` or `compress distill`") from None
+        raise CompressError(
+            f"{path} is not a readable compress checkpoint ({first_line}); "
+            "re-create it with `compress train` or `compress distill`"
+        ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise CompressError(f"{path} is a torch file but not a compress checkpoint; "
-                            "for a TorchScript model save it with torch.jit.save and name it .pt/.ts")
+        raise CompressError(
+            f"{path} is a torch file but not a compress checkpoint; "
+            "for a TorchScript model save it with torch.jit.save and name it .pt/.ts"
+        )
     return checkpoint

@@ -16,13 +16,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from .artifacts import (current_umask, input_record, load_checkpoint, manifest_path, new_manifest, read_manifest,
-                        sha256_file, staging_dir, write_json)
+from .artifacts import (
+    current_umask,
+    input_record,
+    load_checkpoint,
+    manifest_path,
+    new_manifest,
+    read_manifest,
+    sha256_file,
+    staging_dir,
+    write_json,
+)
 from .data import load_dataset_for
 from .errors import CompressError
 from .modelspec import count_macs, count_params, model_from_checkpoint
-from .onnx_io import (OPTIMIZATION_LEVELS, OnnxClassifier, first_line, max_runtime_opset, model_info,
-                      open_session, quiet)
+from .onnx_io import OPTIMIZATION_LEVELS, OnnxClassifier, first_line, max_runtime_opset, model_info, open_session, quiet
 
 EXPORTERS = ("dynamo", "torchscript")
 # Newest opset each torch exporter writes (torch.onnx._constants, torch 2.13).
@@ -39,18 +47,18 @@ PARITY_BATCHES = (1, 7)  # 7: an odd size no one exports with, so a batch axis f
 class ExportConfig:
     checkpoint: str
     out: str
-    data: str | None = None            # samples for the parity check (default: the checkpoint's data)
-    preprocessing: str | None = None   # fit | scale | raw, for a checkpoint without a manifest
-    opset: int | None = None           # default: the newest the exporter writes and onnxruntime runs
-    static_batch: int | None = None    # fix the batch axis to this size instead of a dynamic one
-    exporter: str = "dynamo"           # torch.onnx.export(dynamo=True) or the TorchScript tracer
+    data: str | None = None  # samples for the parity check (default: the checkpoint's data)
+    preprocessing: str | None = None  # fit | scale | raw, for a checkpoint without a manifest
+    opset: int | None = None  # default: the newest the exporter writes and onnxruntime runs
+    static_batch: int | None = None  # fix the batch axis to this size instead of a dynamic one
+    exporter: str = "dynamo"  # torch.onnx.export(dynamo=True) or the TorchScript tracer
     parity: bool = True
     atol: float = 1e-4
     rtol: float = 1e-3
     parity_samples: int = 63
-    optimize: str | None = None        # ONNX Runtime graph optimisation saved into the artifact
-    transformer: str | None = None     # run onnxruntime.transformers' optimizer for this model type
-    num_heads: int = 0                 # for the transformer optimizer (0: detect)
+    optimize: str | None = None  # ONNX Runtime graph optimisation saved into the artifact
+    transformer: str | None = None  # run onnxruntime.transformers' optimizer for this model type
+    num_heads: int = 0  # for the transformer optimizer (0: detect)
     hidden_size: int = 0
 
 
@@ -62,8 +70,9 @@ def check_config(config: ExportConfig) -> None:
     if config.optimize is not None and config.optimize not in OPTIMIZATION_LEVELS[1:]:
         raise CompressError(f"unknown optimisation level {config.optimize!r}; use basic, extended or all")
     if config.transformer is not None and config.transformer not in TRANSFORMER_TYPES:
-        raise CompressError(f"unknown transformer type {config.transformer!r}; use one of "
-                            f"{', '.join(TRANSFORMER_TYPES)}")
+        raise CompressError(
+            f"unknown transformer type {config.transformer!r}; use one of {', '.join(TRANSFORMER_TYPES)}"
+        )
     if config.static_batch is not None and config.static_batch < 1:
         raise CompressError(f"--static-batch must be at least 1, got {config.static_batch}")
     for name in ("atol", "rtol"):
@@ -81,11 +90,15 @@ def choose_opset(requested: int | None, exporter: str) -> int:
     if requested is None:
         return newest
     if requested > runtime_max:
-        raise CompressError(f"opset {requested} is newer than the installed onnxruntime runs "
-                            f"(max {runtime_max}); use --opset {newest} or lower")
+        raise CompressError(
+            f"opset {requested} is newer than the installed onnxruntime runs "
+            f"(max {runtime_max}); use --opset {newest} or lower"
+        )
     if not EXPORTER_MIN_OPSET[exporter] <= requested <= EXPORTER_MAX_OPSET[exporter]:
-        raise CompressError(f"the {exporter} exporter writes opsets {EXPORTER_MIN_OPSET[exporter]}"
-                            f"..{EXPORTER_MAX_OPSET[exporter]}, not {requested}; pick one in that range")
+        raise CompressError(
+            f"the {exporter} exporter writes opsets {EXPORTER_MIN_OPSET[exporter]}"
+            f"..{EXPORTER_MAX_OPSET[exporter]}, not {requested}; pick one in that range"
+        )
     return requested
 
 
@@ -103,18 +116,23 @@ def export(config: ExportConfig) -> dict[str, Any]:
     samples, labels, dataset_info = None, None, None
     if config.parity:
         if not source and not config.data:
-            raise CompressError(f"{config.checkpoint} has no manifest naming its data; pass --data "
-                                "for the parity check (or --no-parity to skip it)")
+            raise CompressError(
+                f"{config.checkpoint} has no manifest naming its data; pass --data "
+                "for the parity check (or --no-parity to skip it)"
+            )
         dataset = load_dataset_for(config.checkpoint, source, config.data, config.preprocessing)
         if tuple(dataset.in_shape) != in_shape:
-            raise CompressError(f"{config.checkpoint} takes samples of shape {list(in_shape)} but "
-                                f"{dataset.spec} gives {list(dataset.in_shape)}; pass the data it was "
-                                "trained on")
-        samples = dataset.x_test[:config.parity_samples]
+            raise CompressError(
+                f"{config.checkpoint} takes samples of shape {list(in_shape)} but "
+                f"{dataset.spec} gives {list(dataset.in_shape)}; pass the data it was "
+                "trained on"
+            )
+        samples = dataset.x_test[: config.parity_samples]
         labels, dataset_info = dataset.labels, dataset.describe()
         if len(samples) < max(PARITY_BATCHES):
-            raise CompressError(f"{dataset.spec} has {len(samples)} test samples; the parity check "
-                                f"needs {max(PARITY_BATCHES)}")
+            raise CompressError(
+                f"{dataset.spec} has {len(samples)} test samples; the parity check needs {max(PARITY_BATCHES)}"
+            )
     example_batch = config.static_batch or 2
     example = _example_input(samples, in_shape, example_batch)
 
@@ -135,25 +153,43 @@ def export(config: ExportConfig) -> dict[str, Any]:
 
     manifest = new_manifest(out, "export", asdict(config))
     manifest["inputs"] = [input_record("checkpoint", config.checkpoint)]
-    manifest["model"] = source.get("model") or {"spec": checkpoint["model_spec"],
-                                                "args": checkpoint["model_args"],
-                                                "params": count_params(model),
-                                                "macs": count_macs(model, in_shape)}
+    manifest["model"] = source.get("model") or {
+        "spec": checkpoint["model_spec"],
+        "args": checkpoint["model_args"],
+        "params": count_params(model),
+        "macs": count_macs(model, in_shape),
+    }
     batch_dim: int | None = config.static_batch
-    manifest["input_spec"] = {"name": input_name, "shape": [batch_dim, *in_shape], "dtype": "float32",
-                              "dynamic_axes": {} if batch_dim else {"0": "batch"}}
-    manifest["output_spec"] = {"name": output_name, "shape": [batch_dim, checkpoint["num_classes"]],
-                               "dtype": "float32"}
+    manifest["input_spec"] = {
+        "name": input_name,
+        "shape": [batch_dim, *in_shape],
+        "dtype": "float32",
+        "dynamic_axes": {} if batch_dim else {"0": "batch"},
+    }
+    manifest["output_spec"] = {"name": output_name, "shape": [batch_dim, checkpoint["num_classes"]], "dtype": "float32"}
     manifest["preprocessing"] = source.get("preprocessing") or (
-        dataset.preprocessing.to_dict() if config.parity else None)
+        dataset.preprocessing.to_dict() if config.parity else None
+    )
     manifest["labels"] = source.get("labels") or labels
     manifest["data"] = source.get("data") or dataset_info
-    manifest["source"] = {"stage": source.get("stage"), "artifact": Path(config.checkpoint).name,
-                          "metrics": {k: v for k, v in (source.get("metrics") or {}).items()
-                                      if k in ("test_accuracy", "test_errors", "val_accuracy")}}
-    manifest["onnx"] = {"exporter": config.exporter, "opset": info["opset"],
-                        "optimize": config.optimize, "transformer": config.transformer,
-                        "external_data": large, "nodes": info["nodes"], "op_types": info["op_types"]}
+    manifest["source"] = {
+        "stage": source.get("stage"),
+        "artifact": Path(config.checkpoint).name,
+        "metrics": {
+            k: v
+            for k, v in (source.get("metrics") or {}).items()
+            if k in ("test_accuracy", "test_errors", "val_accuracy")
+        },
+    }
+    manifest["onnx"] = {
+        "exporter": config.exporter,
+        "opset": info["opset"],
+        "optimize": config.optimize,
+        "transformer": config.transformer,
+        "external_data": large,
+        "nodes": info["nodes"],
+        "op_types": info["op_types"],
+    }
     manifest["parity"] = parity
     manifest["metrics"] = {"params": count_params(model)}
     manifest["sha256"] = sha
@@ -189,30 +225,52 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def _export_to(model: torch.nn.Module, example: torch.Tensor, path: Path, config: ExportConfig,
-               opset: int, input_name: str, output_name: str, large: bool) -> None:
+def _export_to(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    config: ExportConfig,
+    opset: int,
+    input_name: str,
+    output_name: str,
+    large: bool,
+) -> None:
     dynamic = config.static_batch is None
     try:
         with quiet(), torch.no_grad():
             if config.exporter == "dynamo":
                 program = torch.onnx.export(
-                    model, (example,), dynamo=True, verbose=False, opset_version=opset,
-                    input_names=[input_name], output_names=[output_name],
-                    dynamic_shapes=({0: torch.export.Dim("batch")},) if dynamic else None)
+                    model,
+                    (example,),
+                    dynamo=True,
+                    verbose=False,
+                    opset_version=opset,
+                    input_names=[input_name],
+                    output_names=[output_name],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},) if dynamic else None,
+                )
                 program.save(str(path), external_data=large)
             else:
                 torch.onnx.export(
-                    model, (example,), str(path), dynamo=False, opset_version=opset,
-                    input_names=[input_name], output_names=[output_name],
-                    dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic else None)
+                    model,
+                    (example,),
+                    str(path),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=[input_name],
+                    output_names=[output_name],
+                    dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic else None,
+                )
                 if large:
                     _resave(path, external=True)
     except CompressError:
         raise
     except Exception as exc:  # the exporters raise many types for models they cannot handle
         other = "torchscript" if config.exporter == "dynamo" else "dynamo"
-        raise CompressError(f"torch.onnx ({config.exporter}) cannot export {config.checkpoint}: "
-                            f"{first_line(_root_cause(exc))}; try --exporter {other}") from None
+        raise CompressError(
+            f"torch.onnx ({config.exporter}) cannot export {config.checkpoint}: "
+            f"{first_line(_root_cause(exc))}; try --exporter {other}"
+        ) from None
 
 
 def _resave(path: Path, external: bool) -> None:
@@ -223,8 +281,13 @@ def _resave(path: Path, external: bool) -> None:
     for stale in path.parent.iterdir():
         if stale != path:
             stale.unlink()
-    onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
-                    location=f"{path.name}.data" if external else None)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=external,
+        all_tensors_to_one_file=True,
+        location=f"{path.name}.data" if external else None,
+    )
 
 
 def _optimize_transformer(path: Path, config: ExportConfig, large: bool) -> None:
@@ -232,23 +295,32 @@ def _optimize_transformer(path: Path, config: ExportConfig, large: bool) -> None
     try:
         from onnxruntime.transformers.optimizer import optimize_model
     except ImportError as exc:
-        raise CompressError(f"onnxruntime.transformers is not importable ({first_line(exc)}); "
-                            "reinstall onnxruntime") from None
+        raise CompressError(
+            f"onnxruntime.transformers is not importable ({first_line(exc)}); reinstall onnxruntime"
+        ) from None
     try:
         with quiet():
-            optimized = optimize_model(str(path), model_type=config.transformer,
-                                       num_heads=config.num_heads, hidden_size=config.hidden_size)
+            optimized = optimize_model(
+                str(path), model_type=config.transformer, num_heads=config.num_heads, hidden_size=config.hidden_size
+            )
             optimized.save_model_to_file(str(path), use_external_data_format=large)
     except Exception as exc:
-        raise CompressError(f"the {config.transformer} transformer optimizer failed on this model "
-                            f"({first_line(exc)}); export without --transformer") from None
+        raise CompressError(
+            f"the {config.transformer} transformer optimizer failed on this model "
+            f"({first_line(exc)}); export without --transformer"
+        ) from None
 
 
 def _optimize_with_runtime(path: Path, level: str, large: bool) -> None:
     """Let ONNX Runtime optimise the graph at ``level`` and keep the optimised graph as the artifact."""
     optimized = path.with_name(f"optimized.{path.name}")
-    open_session(path, role="exported model", optimization=level, optimized_model_path=optimized,
-                 external_initializers=f"{path.name}.data" if large else None)
+    open_session(
+        path,
+        role="exported model",
+        optimization=level,
+        optimized_model_path=optimized,
+        external_initializers=f"{path.name}.data" if large else None,
+    )
     os.replace(optimized, path)
 
 
@@ -258,12 +330,13 @@ def _check_onnx(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=False)
     except Exception as exc:
-        raise CompressError(f"the exported model fails the ONNX checker ({first_line(exc)}); "
-                            "try the other --exporter or another --opset") from None
+        raise CompressError(
+            f"the exported model fails the ONNX checker ({first_line(exc)}); "
+            "try the other --exporter or another --opset"
+        ) from None
 
 
-def _parity_check(model: torch.nn.Module, path: Path, samples: np.ndarray,
-                  config: ExportConfig) -> dict[str, Any]:
+def _parity_check(model: torch.nn.Module, path: Path, samples: np.ndarray, config: ExportConfig) -> dict[str, Any]:
     """PyTorch and ONNX Runtime on the same real batches, of size 1 and 7 (or the static batch).
 
     Both see identical batches, so a model whose output depends on the batch's composition is
@@ -271,7 +344,7 @@ def _parity_check(model: torch.nn.Module, path: Path, samples: np.ndarray,
     """
     runner = OnnxClassifier(open_session(path, role="exported model"), "the exported model")
     results = []
-    for batch in ((config.static_batch,) if config.static_batch else PARITY_BATCHES):
+    for batch in (config.static_batch,) if config.static_batch else PARITY_BATCHES:
         if batch == 1:
             count = max(PARITY_BATCHES)  # one at a time is slow for large models: a few suffice
         elif config.static_batch:
@@ -280,7 +353,7 @@ def _parity_check(model: torch.nn.Module, path: Path, samples: np.ndarray,
             count = len(samples) // batch * batch
         expected, got = [], []
         for start in range(0, count, batch):
-            chunk = samples[start:start + batch]
+            chunk = samples[start : start + batch]
             if len(chunk) < batch:
                 chunk = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), np.float32)])
             keep = min(batch, count - start)
@@ -293,12 +366,18 @@ def _parity_check(model: torch.nn.Module, path: Path, samples: np.ndarray,
                     f"parity check: the exported model fails at batch size {batch} "
                     f"({first_line(exc, 120)}); its batch axis was fixed during export (does the "
                     "model read the batch size as a Python int?) — keep it a tensor size in the "
-                    "model, or pass --static-batch N if a fixed batch is intended") from None
+                    "model, or pass --static-batch N if a fixed batch is intended"
+                ) from None
         results.append(_compare(np.concatenate(expected), np.concatenate(got), batch, config))
-    report = {"atol": config.atol, "rtol": config.rtol, "samples": int(len(samples)),
-              "max_abs_diff": max(r["max_abs_diff"] for r in results),
-              "max_rel_diff": max(r["max_rel_diff"] for r in results),
-              "top1_agreement": min(r["top1_agreement"] for r in results), "batches": results}
+    report = {
+        "atol": config.atol,
+        "rtol": config.rtol,
+        "samples": int(len(samples)),
+        "max_abs_diff": max(r["max_abs_diff"] for r in results),
+        "max_rel_diff": max(r["max_rel_diff"] for r in results),
+        "top1_agreement": min(r["top1_agreement"] for r in results),
+        "batches": results,
+    }
     failed = [r for r in results if not r["passed"]]
     if failed:
         r = failed[0]
@@ -307,7 +386,8 @@ def _parity_check(model: torch.nn.Module, path: Path, samples: np.ndarray,
             f"PyTorch's by up to {r['max_abs_diff']:.3g} (relative {r['max_rel_diff']:.3g}; allowed "
             f"atol {config.atol:g} + rtol {config.rtol:g}), top-1 agreement {100 * r['top1_agreement']:.1f}%; "
             "the model likely has data-dependent control flow or an op exported wrongly — fix the "
-            "model, or loosen --atol/--rtol if the difference is expected")
+            "model, or loosen --atol/--rtol if the difference is expected"
+        )
     return report
 
 
@@ -316,7 +396,11 @@ def _compare(expected: np.ndarray, got: np.ndarray, batch: int, config: ExportCo
     big = np.abs(expected) > max(config.atol, 1e-6)  # relative error only where it means something
     rel = float((diff[big] / np.abs(expected[big])).max()) if big.any() else 0.0
     finite = bool(np.isfinite(got).all())
-    return {"batch_size": batch, "samples": int(len(got)),
-            "max_abs_diff": float(diff.max()) if finite else float("inf"), "max_rel_diff": rel,
-            "top1_agreement": float((got.argmax(1) == expected.argmax(1)).mean()),
-            "passed": finite and bool(np.allclose(got, expected, atol=config.atol, rtol=config.rtol))}
+    return {
+        "batch_size": batch,
+        "samples": int(len(got)),
+        "max_abs_diff": float(diff.max()) if finite else float("inf"),
+        "max_rel_diff": rel,
+        "top1_agreement": float((got.argmax(1) == expected.argmax(1)).mean()),
+        "passed": finite and bool(np.allclose(got, expected, atol=config.atol, rtol=config.rtol)),
+    }

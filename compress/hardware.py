@@ -8,8 +8,20 @@ import platform
 from dataclasses import dataclass, field
 
 # Flags that change which int8/fp32 kernels ONNX Runtime can use, by their /proc/cpuinfo names.
-RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
-                  "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm")
+RELEVANT_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "i8mm",
+)
 
 
 @dataclass(frozen=True)
@@ -29,9 +41,12 @@ class CpuInfo:
         return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & self.flags)
 
     def describe(self) -> dict:
-        return {"model": self.model, "architecture": self.architecture,
-                "logical_cores": self.logical_cores,
-                "flags": sorted(f for f in RELEVANT_FLAGS if f in self.flags)}
+        return {
+            "model": self.model,
+            "architecture": self.architecture,
+            "logical_cores": self.logical_cores,
+            "flags": sorted(f for f in RELEVANT_FLAGS if f in self.flags),
+        }
 
 
 @functools.cache
@@ -49,8 +64,9 @@ def cpu_info() -> CpuInfo:
                     flags = set(value.split())
     except OSError:
         pass
-    return CpuInfo(model=model, architecture=platform.machine().lower(),
-                   logical_cores=os.cpu_count() or 1, flags=frozenset(flags))
+    return CpuInfo(
+        model=model, architecture=platform.machine().lower(), logical_cores=os.cpu_count() or 1, flags=frozenset(flags)
+    )
 
 
 def memory_bytes() -> int | None:
@@ -68,8 +84,12 @@ def gpus() -> list[dict]:
     if not shutil.which("nvidia-smi"):
         return []
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     found = []
@@ -88,13 +108,23 @@ def machine_info(with_gpus: bool) -> dict:
 
     from . import __version__
 
-    software = {"os": platform.platform(), "python": platform.python_version(),
-                "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
-                "numpy": numpy.__version__, "compress": __version__}
+    software = {
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "onnx": onnx.__version__,
+        "numpy": numpy.__version__,
+        "compress": __version__,
+    }
     try:
         import torch
+
         software["torch"] = torch.__version__
     except ImportError:
         pass
-    return {"cpu": cpu_info().describe(), "memory_bytes": memory_bytes(),
-            "gpus": gpus() if with_gpus else [], "software": software}
+    return {
+        "cpu": cpu_info().describe(),
+        "memory_bytes": memory_bytes(),
+        "gpus": gpus() if with_gpus else [],
+        "software": software,
+    }

@@ -31,13 +31,14 @@ class Objective(Protocol):
     """What a model is trained towards."""
 
     def prepare(self, x_train: torch.Tensor) -> None: ...
-    def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-             indices: torch.Tensor, augmented: bool) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def loss(
+        self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, augmented: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
     def parameters(self) -> list[torch.nn.Parameter]: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
-    def inputs(self) -> list[tuple[str, Path]]: ...       # (role, path) of files it read, for the manifest
-    def metrics(self) -> dict[str, Any]: ...              # extra figures for the manifest
+    def inputs(self) -> list[tuple[str, Path]]: ...  # (role, path) of files it read, for the manifest
+    def metrics(self) -> dict[str, Any]: ...  # extra figures for the manifest
     def finish(self) -> None: ...
 
 
@@ -45,8 +46,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise CompressError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; "
-                            "use --device cpu (or auto)")
+        raise CompressError(
+            "--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu (or auto)"
+        )
     if name not in ("cpu", "cuda"):
         raise CompressError(f"unknown device {name!r}; use auto, cpu or cuda")
     return torch.device(name)
@@ -69,19 +71,18 @@ def accuracy(predict, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) 
         module.eval()
     correct = 0
     for start in range(0, len(x), batch_size):
-        logits = predict(x[start:start + batch_size])
-        correct += (logits.argmax(1) == y[start:start + batch_size]).sum().item()
+        logits = predict(x[start : start + batch_size])
+        correct += (logits.argmax(1) == y[start : start + batch_size]).sum().item()
     if module is not None:
         module.train(was_training)
     return correct / len(x)
 
 
-def random_shift(x: torch.Tensor, max_shift: int, fill: torch.Tensor,
-                 generator: torch.Generator) -> torch.Tensor:
+def random_shift(x: torch.Tensor, max_shift: int, fill: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Shift each image by up to ``max_shift`` pixels in x and y, filling with ``fill`` (per channel)."""
     n, c, h, w = x.shape
     padded = fill.view(1, c, 1, 1).expand(n, c, h + 2 * max_shift, w + 2 * max_shift).clone()
-    padded[:, :, max_shift:max_shift + h, max_shift:max_shift + w] = x
+    padded[:, :, max_shift : max_shift + h, max_shift : max_shift + w] = x
     dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator).to(x.device)
     dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator).to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
@@ -95,8 +96,13 @@ def make_optimizer(config, parameters) -> torch.optim.Optimizer:
     if config.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+        return torch.optim.SGD(
+            parameters,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=config.momentum > 0,
+        )
     raise CompressError(f"unknown optimizer {config.optimizer!r}; use adamw or sgd")
 
 
@@ -129,8 +135,9 @@ def check_config(config) -> None:
 class Fit:
     """One training run: construct, then ``run()``; the best weights end up at ``config.out``."""
 
-    def __init__(self, config, stage: str, dataset: Dataset, model: torch.nn.Module,
-                 objective: Objective, device: torch.device):
+    def __init__(
+        self, config, stage: str, dataset: Dataset, model: torch.nn.Module, objective: Objective, device: torch.device
+    ):
         self.config, self.stage, self.dataset, self.objective = config, stage, dataset, objective
         self.device = device
         self.model = model.to(device)
@@ -145,13 +152,11 @@ class Fit:
         self.max_shift = 0
         if config.augment == "shift":
             if len(dataset.in_shape) != 3:
-                raise CompressError("--augment shift needs image data (C,H,W); use --augment none "
-                                    "for feature vectors")
+                raise CompressError("--augment shift needs image data (C,H,W); use --augment none for feature vectors")
             self.max_shift = max(1, round(min(dataset.in_shape[1:]) / 14))  # ±2 px on 28x28, ±1 on 8x8
             prep = dataset.preprocessing
             # background = a raw 0 pixel after normalisation
-            self.fill = torch.tensor([-m / s for m, s in zip(prep.mean, prep.std)],
-                                     dtype=torch.float32, device=device)
+            self.fill = torch.tensor([-m / s for m, s in zip(prep.mean, prep.std)], dtype=torch.float32, device=device)
         self.epoch = 0
         self.best_val = -1.0
         self.best_epoch = 0
@@ -164,11 +169,18 @@ class Fit:
 
     def save_resume_state(self) -> None:
         state = {
-            "format": RESUME_FORMAT, "config": self._config_dict(), "epoch": self.epoch,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(), "objective": self.objective.state_dict(),
-            "best_val": self.best_val, "best_epoch": self.best_epoch, "best_state": self.best_state,
-            "history": self.history, "torch_rng": torch.get_rng_state(),
+            "format": RESUME_FORMAT,
+            "config": self._config_dict(),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "objective": self.objective.state_dict(),
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "history": self.history,
+            "torch_rng": torch.get_rng_state(),
         }
         with atomic_path(resume_path(self.config.out)) as tmp:
             torch.save(state, tmp)
@@ -180,16 +192,18 @@ class Fit:
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as exc:  # torch raises several types for a damaged file
-            raise CompressError(f"resume state {path} is unreadable ({type(exc).__name__}); "
-                                "delete it and run without --resume") from None
+            raise CompressError(
+                f"resume state {path} is unreadable ({type(exc).__name__}); delete it and run without --resume"
+            ) from None
         if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
             raise CompressError(f"{path} is not a compress resume state; delete it and run without --resume")
         saved, now = state["config"], self._config_dict()
-        changed = sorted(k for k in set(saved) | set(now)
-                         if k not in RESUME_FREE_FIELDS and saved.get(k) != now.get(k))
+        changed = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE_FIELDS and saved.get(k) != now.get(k))
         if changed:
-            raise CompressError(f"cannot resume: settings differ from the interrupted run ({', '.join(changed)}); "
-                                f"use the same settings, or delete {path} to start afresh")
+            raise CompressError(
+                f"cannot resume: settings differ from the interrupted run ({', '.join(changed)}); "
+                f"use the same settings, or delete {path} to start afresh"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
@@ -207,8 +221,10 @@ class Fit:
         if self.config.resume:
             self.load_resume_state()
         elif pending.exists():
-            raise CompressError(f"an interrupted run of {self.config.out} exists ({pending}); "
-                                "pass --resume to continue it, or delete that file to start afresh")
+            raise CompressError(
+                f"an interrupted run of {self.config.out} exists ({pending}); "
+                "pass --resume to continue it, or delete that file to start afresh"
+            )
         started = time.perf_counter()
         self.objective.prepare(self.x_train)
         preparation = time.perf_counter() - started
@@ -231,7 +247,7 @@ class Fit:
         loss_sum, correct, seen = 0.0, 0, 0
         bar = step_bar(self.steps_per_epoch, f"epoch {self.epoch + 1}/{config.epochs}")
         for step in range(self.steps_per_epoch):
-            indices = order[step * config.batch_size:(step + 1) * config.batch_size]
+            indices = order[step * config.batch_size : (step + 1) * config.batch_size]
             x, y = self.x_train[indices], self.y_train[indices]
             if self.max_shift:
                 x = random_shift(x, self.max_shift, self.fill, generator)
@@ -242,7 +258,8 @@ class Fit:
                 raise CompressError(
                     f"loss became {loss.item()} at epoch {self.epoch + 1}, step {step + 1} "
                     f"(learning rate {lr:.3g}): the learning rate is probably too high; "
-                    f"try --lr {config.lr / 10:g}")
+                    f"try --lr {config.lr / 10:g}"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -255,18 +272,25 @@ class Fit:
         bar.close()
         val = accuracy(self.model, self.x_val, self.y_val)
         self.epoch += 1
-        record = {"epoch": self.epoch, "loss": loss_sum / seen, "train_accuracy": correct / seen,
-                  "val_accuracy": val, "lr": self.schedule.get_last_lr()[0],
-                  "seconds": time.perf_counter() - epoch_started}
+        record = {
+            "epoch": self.epoch,
+            "loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "val_accuracy": val,
+            "lr": self.schedule.get_last_lr()[0],
+            "seconds": time.perf_counter() - epoch_started,
+        }
         self.history.append(record)
         # Without a validation split the last epoch counts as the best.
         if math.isnan(val) or val > self.best_val:
             self.best_val, self.best_epoch = val, self.epoch
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         val_text = "n/a" if math.isnan(val) else f"{100 * val:.2f}%"
-        log(f"epoch {self.epoch}/{config.epochs}  loss {record['loss']:.4f}  "
+        log(
+            f"epoch {self.epoch}/{config.epochs}  loss {record['loss']:.4f}  "
             f"train {100 * record['train_accuracy']:.2f}%  val {val_text}  "
-            f"{record['seconds']:.1f}s")
+            f"{record['seconds']:.1f}s"
+        )
 
     def _write_artifact(self, train_time: float) -> dict[str, Any]:
         config, dataset = self.config, self.dataset
@@ -277,34 +301,47 @@ class Fit:
         params = count_params(self.model)
         spec = canonical_spec(config.model)
         checkpoint = {
-            "model_spec": spec, "model_args": config.model_args, "in_shape": list(dataset.in_shape),
+            "model_spec": spec,
+            "model_args": config.model_args,
+            "in_shape": list(dataset.in_shape),
             "num_classes": dataset.num_classes,
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
         }
         manifest = new_manifest(config.out, self.stage, self._config_dict())
         manifest["inputs"] = [input_record(role, path) for role, path in self.objective.inputs()]
-        manifest.update({
-            "model": {"spec": spec, "args": config.model_args, "params": params,
-                      "macs": count_macs(self.model, dataset.in_shape)},
-            "input_spec": {"name": "input", "shape": [None, *dataset.in_shape], "dtype": "float32",
-                           "dynamic_axes": {"0": "batch"}},
-            "output_spec": {"name": "logits", "shape": [None, dataset.num_classes], "dtype": "float32"},
-            "preprocessing": dataset.preprocessing.to_dict(),
-            "labels": dataset.labels,
-            "data": dataset.describe(),
-            "metrics": {
-                "test_accuracy": test_accuracy,
-                "test_errors": int(round((1 - test_accuracy) * len(y_test))),
-                "val_accuracy": None if math.isnan(self.best_val) else self.best_val,
-                "best_epoch": self.best_epoch,
-                "params": params,
-                "train_time_s": round(train_time, 3),
-                # training throughput of the epochs alone (one-time preparation excluded)
-                "train_samples_per_s": round(len(self.x_train) * len(self.history)
-                                             / sum(r["seconds"] for r in self.history), 1),
-                "history": self.history,
-                **self.objective.metrics(),
-            },
-        })
+        manifest.update(
+            {
+                "model": {
+                    "spec": spec,
+                    "args": config.model_args,
+                    "params": params,
+                    "macs": count_macs(self.model, dataset.in_shape),
+                },
+                "input_spec": {
+                    "name": "input",
+                    "shape": [None, *dataset.in_shape],
+                    "dtype": "float32",
+                    "dynamic_axes": {"0": "batch"},
+                },
+                "output_spec": {"name": "logits", "shape": [None, dataset.num_classes], "dtype": "float32"},
+                "preprocessing": dataset.preprocessing.to_dict(),
+                "labels": dataset.labels,
+                "data": dataset.describe(),
+                "metrics": {
+                    "test_accuracy": test_accuracy,
+                    "test_errors": int(round((1 - test_accuracy) * len(y_test))),
+                    "val_accuracy": None if math.isnan(self.best_val) else self.best_val,
+                    "best_epoch": self.best_epoch,
+                    "params": params,
+                    "train_time_s": round(train_time, 3),
+                    # training throughput of the epochs alone (one-time preparation excluded)
+                    "train_samples_per_s": round(
+                        len(self.x_train) * len(self.history) / sum(r["seconds"] for r in self.history), 1
+                    ),
+                    "history": self.history,
+                    **self.objective.metrics(),
+                },
+            }
+        )
         save_checkpoint(config.out, checkpoint, manifest)
         return manifest

@@ -24,10 +24,12 @@ from torch import nn
 from .errors import CompressError
 from .models import ZOO
 
-ZOO_HELP = (f"A model is a zoo name ({', '.join(ZOO)}), a file 'path/to/file.py:factory' or a "
-            "module 'package.module:factory'; the factory is called as "
-            "factory(in_shape, num_classes, **model_args) and returns a torch.nn.Module that "
-            "maps (N, *in_shape) inputs to (N, num_classes) logits.")
+ZOO_HELP = (
+    f"A model is a zoo name ({', '.join(ZOO)}), a file 'path/to/file.py:factory' or a "
+    "module 'package.module:factory'; the factory is called as "
+    "factory(in_shape, num_classes, **model_args) and returns a torch.nn.Module that "
+    "maps (N, *in_shape) inputs to (N, num_classes) logits."
+)
 
 _WORDS = {"true": True, "false": False, "none": None}
 
@@ -42,8 +44,9 @@ def parse_model_args(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key.strip():
-            raise CompressError(f"model argument {pair!r} is not KEY=VALUE; "
-                                "write it like hidden=1200,1200 or dropout=0.5")
+            raise CompressError(
+                f"model argument {pair!r} is not KEY=VALUE; write it like hidden=1200,1200 or dropout=0.5"
+            )
         args[key.strip()] = _parse_value(text.strip())
     return args
 
@@ -65,12 +68,13 @@ def resolve_factory(spec: str) -> Callable[..., Any]:
     module = _load_file(Path(target)) if kind == "file" else _load_module(target)
     where = f"{kind} {target}"
     if not hasattr(module, name):
-        raise CompressError(f"{where} has no attribute '{name}'; "
-                            "check the factory name after ':' in the model spec")
+        raise CompressError(f"{where} has no attribute '{name}'; check the factory name after ':' in the model spec")
     factory = getattr(module, name)
     if not callable(factory):
-        raise CompressError(f"'{name}' in {where} is a {type(factory).__name__}, not callable; "
-                            "name a function or class that builds a torch.nn.Module")
+        raise CompressError(
+            f"'{name}' in {where} is a {type(factory).__name__}, not callable; "
+            "name a function or class that builds a torch.nn.Module"
+        )
     return factory
 
 
@@ -86,11 +90,15 @@ def _split(spec: str) -> tuple[str, str, str]:
         return "zoo", spec, spec
     target, sep, name = spec.rpartition(":")
     if not sep:
-        raise CompressError(f"unknown model '{spec}'; use a zoo name ({', '.join(ZOO)}), "
-                            "'path/to/file.py:factory' or 'package.module:factory'")
+        raise CompressError(
+            f"unknown model '{spec}'; use a zoo name ({', '.join(ZOO)}), "
+            "'path/to/file.py:factory' or 'package.module:factory'"
+        )
     if not target or not name.isidentifier():
-        raise CompressError(f"model spec '{spec}' does not name a file or module and a factory; "
-                            "write it as 'path/to/file.py:factory' or 'package.module:factory'")
+        raise CompressError(
+            f"model spec '{spec}' does not name a file or module and a factory; "
+            "write it as 'path/to/file.py:factory' or 'package.module:factory'"
+        )
     is_file = target.endswith(".py") or "/" in target or "\\" in target
     return ("file" if is_file else "module"), target, name
 
@@ -98,8 +106,10 @@ def _split(spec: str) -> tuple[str, str, str]:
 def _load_file(path: Path) -> ModuleType:
     path = path.expanduser().resolve()
     if not path.is_file():
-        raise CompressError(f"model file {path} not found; check the path "
-                            f"(relative paths are taken from the current directory {Path.cwd()})")
+        raise CompressError(
+            f"model file {path} not found; check the path "
+            f"(relative paths are taken from the current directory {Path.cwd()})"
+        )
     name = "compress_user_model_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
@@ -110,8 +120,9 @@ def _load_file(path: Path) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise CompressError(f"model file {path} failed to import ({_first_line(exc)}); "
-                            "fix the error in that file") from exc
+        raise CompressError(
+            f"model file {path} failed to import ({_first_line(exc)}); fix the error in that file"
+        ) from exc
     return module
 
 
@@ -119,13 +130,15 @@ def _load_module(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except Exception as exc:
-        raise CompressError(f"module '{name}' failed to import ({_first_line(exc)}); install it "
-                            "or put it on PYTHONPATH, or use the form path/to/file.py:factory"
-                            ) from exc
+        raise CompressError(
+            f"module '{name}' failed to import ({_first_line(exc)}); install it "
+            "or put it on PYTHONPATH, or use the form path/to/file.py:factory"
+        ) from exc
 
 
-def build_model(spec: str, in_shape: Sequence[int], num_classes: int,
-                model_args: dict[str, Any] | None = None) -> nn.Module:
+def build_model(
+    spec: str, in_shape: Sequence[int], num_classes: int, model_args: dict[str, Any] | None = None
+) -> nn.Module:
     """Build the model a spec names and check it maps (1, *in_shape) to (1, num_classes)."""
     factory = resolve_factory(spec)
     in_shape, args = tuple(in_shape), dict(model_args or {})
@@ -135,18 +148,24 @@ def build_model(spec: str, in_shape: Sequence[int], num_classes: int,
     except CompressError:
         raise
     except Exception as exc:
-        raise CompressError(f"model '{spec}' could not be built for input shape {in_shape} and "
-                            f"{num_classes} classes with {args} ({_first_line(exc)}); "
-                            "check the model arguments") from exc
+        raise CompressError(
+            f"model '{spec}' could not be built for input shape {in_shape} and "
+            f"{num_classes} classes with {args} ({_first_line(exc)}); "
+            "check the model arguments"
+        ) from exc
     if not isinstance(model, nn.Module):
-        raise CompressError(f"model '{spec}' returned a {type(model).__name__}, not a "
-                            "torch.nn.Module; make the factory return the model")
+        raise CompressError(
+            f"model '{spec}' returned a {type(model).__name__}, not a "
+            "torch.nn.Module; make the factory return the model"
+        )
     out = _forward_zeros(model, in_shape, 1, f"model '{spec}'")
     expected = (1, num_classes)
     got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     if got != expected:
-        raise CompressError(f"model '{spec}' outputs {got} for an input of shape {(1, *in_shape)}, "
-                            f"expected {expected}; make it return logits of shape (N, num_classes)")
+        raise CompressError(
+            f"model '{spec}' outputs {got} for an input of shape {(1, *in_shape)}, "
+            f"expected {expected}; make it return logits of shape (N, num_classes)"
+        )
     return model
 
 
@@ -162,8 +181,9 @@ def _check_args(spec: str, factory: Callable[..., Any], args: dict[str, Any]) ->
     for key in args:
         if key not in takes:
             listed = f"it takes: {', '.join(takes)}" if takes else "it takes no arguments"
-            raise CompressError(f"model '{spec}' does not accept argument '{key}' ({listed}); "
-                                "remove it or use one of those")
+            raise CompressError(
+                f"model '{spec}' does not accept argument '{key}' ({listed}); remove it or use one of those"
+            )
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
@@ -172,18 +192,22 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
     A structurally pruned checkpoint has narrower layers than its factory builds: those layers
     are resized to the stored tensors first (see ``resize_to``).
     """
-    model = build_model(checkpoint["model_spec"], tuple(checkpoint["in_shape"]),
-                        checkpoint["num_classes"], checkpoint["model_args"])
+    model = build_model(
+        checkpoint["model_spec"], tuple(checkpoint["in_shape"]), checkpoint["num_classes"], checkpoint["model_args"]
+    )
     resize_to(model, checkpoint["state_dict"])
     model.load_state_dict(checkpoint["state_dict"])
     return model
 
 
 # Module attributes that state a layer's width, by the weight dimension they follow.
-_WIDTH_ATTRIBUTES = {nn.Linear: {"out_features": 0, "in_features": 1},
-                     nn.Conv2d: {"out_channels": 0, "in_channels": 1},
-                     nn.BatchNorm2d: {"num_features": 0}, nn.BatchNorm1d: {"num_features": 0},
-                     nn.LayerNorm: {}}
+_WIDTH_ATTRIBUTES = {
+    nn.Linear: {"out_features": 0, "in_features": 1},
+    nn.Conv2d: {"out_channels": 0, "in_channels": 1},
+    nn.BatchNorm2d: {"num_features": 0},
+    nn.BatchNorm1d: {"num_features": 0},
+    nn.LayerNorm: {},
+}
 
 
 def resize_to(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
@@ -248,19 +272,23 @@ def list_layers(model: nn.Module, in_shape: Sequence[int]) -> list[dict[str, Any
     shapes: dict[str, list[int]] = {}
     handles = []
     for name, module in modules.items():
-        handles.append(module.register_forward_pre_hook(
-            lambda m, args, name=name: _record_entry(entered, name)))
-        handles.append(module.register_forward_hook(
-            lambda m, args, out, name=name: _record_shape(shapes, name, out)))
+        handles.append(module.register_forward_pre_hook(lambda m, args, name=name: _record_entry(entered, name)))
+        handles.append(module.register_forward_hook(lambda m, args, out, name=name: _record_shape(shapes, name, out)))
     try:
         _forward_zeros(model, tuple(in_shape), 2, "the model")
     finally:
         for handle in handles:
             handle.remove()
     names = sorted(modules, key=lambda n: entered.get(n, len(modules)))
-    return [{"name": n, "type": type(modules[n]).__name__, "output_shape": shapes.get(n),
-             "params": sum(p.numel() for p in modules[n].parameters(recurse=False))}
-            for n in names]
+    return [
+        {
+            "name": n,
+            "type": type(modules[n]).__name__,
+            "output_shape": shapes.get(n),
+            "params": sum(p.numel() for p in modules[n].parameters(recurse=False)),
+        }
+        for n in names
+    ]
 
 
 def _record_entry(entered: dict[str, int], name: str) -> None:
@@ -280,9 +308,10 @@ def _forward_zeros(model: nn.Module, in_shape: tuple[int, ...], batch: int, what
         with torch.no_grad():
             return model(torch.zeros(batch, *in_shape))
     except Exception as exc:
-        raise CompressError(f"{what} fails on a zeros input of shape {(batch, *in_shape)} "
-                            f"({_first_line(exc)}); check the input shape matches the model"
-                            ) from exc
+        raise CompressError(
+            f"{what} fails on a zeros input of shape {(batch, *in_shape)} "
+            f"({_first_line(exc)}); check the input shape matches the model"
+        ) from exc
     finally:
         for module, training in modes:
             module.training = training

@@ -29,15 +29,18 @@ def quiet() -> Iterator[None]:
     What matters reaches the user through an exception, which the caller turns into one line.
     """
     names = ["", "torch", "onnxscript", "onnxruntime"] + [  # "": the root logger
-        name for name in logging.root.manager.loggerDict
-        if name.startswith(("torch.", "onnxscript.", "onnxruntime."))]
+        name for name in logging.root.manager.loggerDict if name.startswith(("torch.", "onnxscript.", "onnxruntime."))
+    ]
     loggers = [logging.getLogger(name) for name in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -58,19 +61,24 @@ def max_runtime_opset() -> int:
     from onnx import TensorProto, helper
 
     value = helper.make_tensor_value_info
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
-                              [value("x", TensorProto.FLOAT, [1])], [value("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "probe",
+        [value("x", TensorProto.FLOAT, [1])],
+        [value("y", TensorProto.FLOAT, [1])],
+    )
     for opset in range(onnx.defs.onnx_opset_version(), 6, -1):
         opset_ids = [helper.make_opsetid("", opset)]
-        model = helper.make_model(graph, opset_imports=opset_ids,
-                                  ir_version=helper.find_min_ir_version_for(opset_ids))
+        model = helper.make_model(graph, opset_imports=opset_ids, ir_version=helper.find_min_ir_version_for(opset_ids))
         try:
             ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
             return opset
         except Exception:  # onnxruntime: "opset N is under development / not supported"
             continue
-    raise CompressError("the installed onnxruntime runs no ONNX opset this onnx package writes; "
-                        "reinstall compress to get matching onnx and onnxruntime versions")
+    raise CompressError(
+        "the installed onnxruntime runs no ONNX opset this onnx package writes; "
+        "reinstall compress to get matching onnx and onnxruntime versions"
+    )
 
 
 def load_model(path: str | Path, role: str = "model", check: bool = True):
@@ -83,20 +91,23 @@ def load_model(path: str | Path, role: str = "model", check: bool = True):
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf DecodeError, missing external data, ...
-        raise CompressError(f"{role} {path} is not a readable ONNX model ({first_line(exc)}); "
-                            "give an .onnx file written by `compress export` or torch.onnx") from None
+        raise CompressError(
+            f"{role} {path} is not a readable ONNX model ({first_line(exc)}); "
+            "give an .onnx file written by `compress export` or torch.onnx"
+        ) from None
     if not model.graph.node and not model.graph.input:
         raise CompressError(f"{role} {path} holds no ONNX graph; give an .onnx model file")
     if check:
         try:
             onnx.checker.check_model(str(path))
         except Exception as exc:
-            raise CompressError(f"{role} {path} fails the ONNX checker ({first_line(exc)}); "
-                                "re-export it") from None
+            raise CompressError(f"{role} {path} fails the ONNX checker ({first_line(exc)}); re-export it") from None
     opset = default_opset(model)
     if opset is not None and opset > max_runtime_opset():
-        raise CompressError(f"{role} {path} uses opset {opset}, newer than onnxruntime runs "
-                            f"(max {max_runtime_opset()}); re-export with --opset {max_runtime_opset()}")
+        raise CompressError(
+            f"{role} {path} uses opset {opset}, newer than onnxruntime runs "
+            f"(max {max_runtime_opset()}); re-export with --opset {max_runtime_opset()}"
+        )
     return model
 
 
@@ -104,16 +115,21 @@ def default_opset(model) -> int | None:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def session_options(threads: int | None = None, optimization: str = "all",
-                    optimized_model_path: str | Path | None = None,
-                    external_initializers: str | None = None):
+def session_options(
+    threads: int | None = None,
+    optimization: str = "all",
+    optimized_model_path: str | Path | None = None,
+    external_initializers: str | None = None,
+):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
     options.graph_optimization_level = levels[optimization]
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads:
@@ -123,31 +139,37 @@ def session_options(threads: int | None = None, optimization: str = "all",
         options.optimized_model_filepath = str(optimized_model_path)
         if external_initializers:  # a model over 2 GiB keeps its weights in a file beside it
             options.add_session_config_entry(
-                "session.optimized_model_external_initializers_file_name", external_initializers)
-            options.add_session_config_entry(
-                "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+                "session.optimized_model_external_initializers_file_name", external_initializers
+            )
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     # Fatal only: ORT's warnings and errors would reach the terminal as raw log lines; errors
     # arrive as exceptions, which the callers turn into one-line messages.
     options.log_severity_level = 4
     return options
 
 
-def open_session(model: str | Path | bytes, role: str = "model", threads: int | None = None,
-                 optimization: str = "all", providers: list[str] | None = None,
-                 optimized_model_path: str | Path | None = None,
-                 external_initializers: str | None = None):
+def open_session(
+    model: str | Path | bytes,
+    role: str = "model",
+    threads: int | None = None,
+    optimization: str = "all",
+    providers: list[str] | None = None,
+    optimized_model_path: str | Path | None = None,
+    external_initializers: str | None = None,
+):
     """An ``InferenceSession``; a model ONNX Runtime cannot load is a CompressError."""
     import onnxruntime as ort
 
     options = session_options(threads, optimization, optimized_model_path, external_initializers)
     try:
         source = model if isinstance(model, bytes) else str(model)
-        return ort.InferenceSession(source, sess_options=options,
-                                    providers=providers or ["CPUExecutionProvider"])
+        return ort.InferenceSession(source, sess_options=options, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own exception types
         where = "the model" if isinstance(model, bytes) else str(model)
-        raise CompressError(f"onnxruntime cannot load {role} {where} ({first_line(exc)}); "
-                            "re-export it or check that its operators are supported") from None
+        raise CompressError(
+            f"onnxruntime cannot load {role} {where} ({first_line(exc)}); "
+            "re-export it or check that its operators are supported"
+        ) from None
 
 
 class OnnxClassifier:
@@ -158,8 +180,9 @@ class OnnxClassifier:
         self.name = name
         inputs = session.get_inputs()
         if len(inputs) != 1:
-            raise CompressError(f"{name} has {len(inputs)} inputs; compress handles classifiers "
-                                "that take one input tensor")
+            raise CompressError(
+                f"{name} has {len(inputs)} inputs; compress handles classifiers that take one input tensor"
+            )
         self.input_name = inputs[0].name
         self.input_shape = list(inputs[0].shape)  # ints, or str/None for symbolic dimensions
         self.output_name = session.get_outputs()[0].name
@@ -174,13 +197,14 @@ class OnnxClassifier:
     def check_fits(self, in_shape: tuple[int, ...], data_name: str) -> None:
         """CompressError unless samples of ``in_shape`` fit the model's input."""
         dims = self.input_shape[1:]
-        fits = len(dims) == len(in_shape) and all(
-            not isinstance(d, int) or d == s for d, s in zip(dims, in_shape))
+        fits = len(dims) == len(in_shape) and all(not isinstance(d, int) or d == s for d, s in zip(dims, in_shape))
         if not fits:
             shown = ["N" if not isinstance(d, int) else d for d in self.input_shape]
-            raise CompressError(f"{self.name} takes input {self.input_name!r} of shape {shown} but "
-                                f"{data_name} gives samples of shape {list(in_shape)}; use the data "
-                                "the model was trained on")
+            raise CompressError(
+                f"{self.name} takes input {self.input_name!r} of shape {shown} but "
+                f"{data_name} gives samples of shape {list(in_shape)}; use the data "
+                "the model was trained on"
+            )
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
@@ -191,10 +215,10 @@ class OnnxClassifier:
         step = self.fixed_batch or batch_size
         pieces = []
         for start in range(0, len(x), step):
-            chunk = x[start:start + step]
+            chunk = x[start : start + step]
             if self.fixed_batch and len(chunk) < self.fixed_batch:
                 pad = np.zeros((self.fixed_batch - len(chunk),) + chunk.shape[1:], np.float32)
-                pieces.append(self.run(np.concatenate([chunk, pad]))[:len(chunk)])
+                pieces.append(self.run(np.concatenate([chunk, pad]))[: len(chunk)])
             else:
                 pieces.append(self.run(chunk))
         if not pieces:
@@ -216,8 +240,12 @@ def model_info(path: str | Path) -> dict[str, Any]:
     model = onnx.load(str(path), load_external_data=False)
     ops = collections.Counter(node.op_type for node in model.graph.node)
     size = Path(path).stat().st_size + sum(p.stat().st_size for p in external_data_files(path, model))
-    return {"size_bytes": size, "nodes": sum(ops.values()), "op_types": dict(sorted(ops.items())),
-            "opset": default_opset(model)}
+    return {
+        "size_bytes": size,
+        "nodes": sum(ops.values()),
+        "op_types": dict(sorted(ops.items())),
+        "opset": default_opset(model),
+    }
 
 
 def external_data_files(path: str | Path, model) -> list[Path]:

@@ -39,13 +39,13 @@ UNFINGERPRINTED = {"resume"}
 
 @dataclass
 class Stage:
-    name: str                        # what --force takes
-    table: str                       # the recipe table of its settings
-    config: Any                      # the stage's config dataclass, paths filled in
-    inputs: dict[str, Path]          # role -> a file it reads (hashed)
-    outputs: list[Path]              # files it writes (hashed once it finished)
-    data: str | None = None          # a data source it reads (its files hashed)
-    resumable: bool = False          # train/distill: continue from the last finished epoch
+    name: str  # what --force takes
+    table: str  # the recipe table of its settings
+    config: Any  # the stage's config dataclass, paths filled in
+    inputs: dict[str, Path]  # role -> a file it reads (hashed)
+    outputs: list[Path]  # files it writes (hashed once it finished)
+    data: str | None = None  # a data source it reads (its files hashed)
+    resumable: bool = False  # train/distill: continue from the last finished epoch
 
     @property
     def kind(self) -> str:
@@ -55,8 +55,9 @@ class Stage:
     def settings(self) -> dict[str, Any]:
         """The config that decides what the stage computes (its file paths are hashed instead)."""
         paths = {"out", "report", *self.inputs}
-        config = {k: v for k, v in dataclasses.asdict(self.config).items()
-                  if k not in paths and k not in UNFINGERPRINTED}
+        config = {
+            k: v for k, v in dataclasses.asdict(self.config).items() if k not in paths and k not in UNFINGERPRINTED
+        }
         return json.loads(json.dumps(config, default=str))
 
 
@@ -94,13 +95,31 @@ def build_plan(recipe: Recipe) -> Plan:
 
     if recipe.teacher_path is None:
         teacher = out / "teacher.pt"
-        stages.append(Stage("train", "teacher", config("teacher", out=str(teacher), data=data), {}, [teacher],
-                            data=data, resumable=True))
+        stages.append(
+            Stage(
+                "train",
+                "teacher",
+                config("teacher", out=str(teacher), data=data),
+                {},
+                [teacher],
+                data=data,
+                resumable=True,
+            )
+        )
     else:
         teacher = recipe.teacher_path
     student = out / "student.pt"
-    stages.append(Stage("distill", "student", config("student", out=str(student), data=data, teacher=str(teacher)),
-                        {"teacher": teacher}, [student], data=data, resumable=True))
+    stages.append(
+        Stage(
+            "distill",
+            "student",
+            config("student", out=str(student), data=data, teacher=str(teacher)),
+            {"teacher": teacher},
+            [student],
+            data=data,
+            resumable=True,
+        )
+    )
     if teacher.suffix == ".onnx":
         teacher_onnx = teacher
     else:
@@ -112,22 +131,35 @@ def build_plan(recipe: Recipe) -> Plan:
     final = student_onnx
     if recipe.has("prune"):
         pruned = out / "student.pruned.pt"
-        stages.append(Stage("prune", "prune", config("prune", checkpoint=str(student), out=str(pruned),
-                                            teacher=str(teacher)),
-                            {"checkpoint": student, "teacher": teacher}, [pruned]))
+        stages.append(
+            Stage(
+                "prune",
+                "prune",
+                config("prune", checkpoint=str(student), out=str(pruned), teacher=str(teacher)),
+                {"checkpoint": student, "teacher": teacher},
+                [pruned],
+            )
+        )
         final = out / "student.pruned.onnx"
         stages.append(_export("export-pruned", config, pruned, final))
         variants.append(("student pruned", final))
     if recipe.has("quantize"):
         int8 = final.with_name(final.stem + ".int8.onnx")
-        stages.append(Stage("quantize", "quantize", config("quantize", model=str(final), out=str(int8)),
-                            {"model": final}, [int8]))
+        stages.append(
+            Stage("quantize", "quantize", config("quantize", model=str(final), out=str(int8)), {"model": final}, [int8])
+        )
         variants.append((("student pruned" if final != student_onnx else "student") + " int8", int8))
     report = out / "report"
     models = [path for _, path in variants]
-    stages.append(Stage("bench", "bench", config("bench", models=[str(p) for p in models], report=str(report),
-                                        baseline=str(teacher_onnx)),
-                        {f"models[{i}]": p for i, p in enumerate(models)}, [report / "report.json"]))
+    stages.append(
+        Stage(
+            "bench",
+            "bench",
+            config("bench", models=[str(p) for p in models], report=str(report), baseline=str(teacher_onnx)),
+            {f"models[{i}]": p for i, p in enumerate(models)},
+            [report / "report.json"],
+        )
+    )
     checks = _config_checks()
     for stage in stages:
         recipe.check(stage.table, checks[stage.kind], stage.config)
@@ -143,18 +175,25 @@ def _config_checks() -> dict[str, Callable[[Any], None]]:
     from .prune import check_prune_config
     from .quantize import check_config as check_quantize
 
-    return {"train": check_training, "distill": check_distill_config, "prune": check_prune_config,
-            "export": check_export, "quantize": check_quantize,
-            # bench's check puts a missing baseline into the model list: give it a copy
-            "bench": lambda config: check_bench(dataclasses.replace(config, models=list(config.models)))}
+    return {
+        "train": check_training,
+        "distill": check_distill_config,
+        "prune": check_prune_config,
+        "export": check_export,
+        "quantize": check_quantize,
+        # bench's check puts a missing baseline into the model list: give it a copy
+        "bench": lambda config: check_bench(dataclasses.replace(config, models=list(config.models))),
+    }
 
 
 def _export(name: str, config: Callable, checkpoint: Path, onnx: Path) -> Stage:
-    return Stage(name, "export", config("export", checkpoint=str(checkpoint), out=str(onnx)),
-                 {"checkpoint": checkpoint}, [onnx])
+    return Stage(
+        name, "export", config("export", checkpoint=str(checkpoint), out=str(onnx)), {"checkpoint": checkpoint}, [onnx]
+    )
 
 
 # -- deciding what runs -------------------------------------------------------------------------
+
 
 class Hashes:
     """sha256 of files, computed once per run (a file is hashed again only if it changed on disk)."""
@@ -202,8 +241,12 @@ def decide(stage: Stage, record: dict | None, forced: bool, rebuilt: set[Path], 
     """Whether ``stage`` runs, and why; ``rebuilt``: outputs of earlier stages that will run first."""
     from .loop import resume_path
 
-    resume = (stage.resumable and record is not None and record.get("status") != "done"
-              and resume_path(stage.config.out).exists())
+    resume = (
+        stage.resumable
+        and record is not None
+        and record.get("status") != "done"
+        and resume_path(stage.config.out).exists()
+    )
     if forced:
         return Decision(stage, True, "forced (--force)")
     pending = [p.name for p in stage.inputs.values() if p in rebuilt]
@@ -215,8 +258,12 @@ def decide(stage: Stage, record: dict | None, forced: bool, rebuilt: set[Path], 
     if record.get("status") != "done":
         if changed:
             return Decision(stage, True, f"{record.get('status')} last time; since then {changed}")
-        return Decision(stage, True, f"{record.get('status')} last time"
-                        + ("; resumes from its last finished epoch" if resume else ""), resume=resume)
+        return Decision(
+            stage,
+            True,
+            f"{record.get('status')} last time" + ("; resumes from its last finished epoch" if resume else ""),
+            resume=resume,
+        )
     if changed:
         return Decision(stage, True, changed)
     for path in stage.outputs:
@@ -260,11 +307,13 @@ def check_force(plan: Plan, force: set[str]) -> None:
     names = [s.name for s in plan.stages]
     for name in sorted(force - {"all"}):
         if name not in names:
-            raise CompressError(f"--force {name}: this recipe has no such stage; its stages are "
-                                f"{', '.join(names)} (or all)")
+            raise CompressError(
+                f"--force {name}: this recipe has no such stage; its stages are {', '.join(names)} (or all)"
+            )
 
 
 # -- running ------------------------------------------------------------------------------------
+
 
 def run(plan: Plan, force: set[str] = frozenset(), log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the stages that are not up to date; return the run log (also written to run.json).
@@ -294,8 +343,10 @@ def _folder_lock(folder: Path) -> Iterator[None]:
             except FileExistsError:
                 holder = _lock_holder(lock)
                 if holder is not None:
-                    raise CompressError(f"another compress run (process {holder}) is using {folder}; wait "
-                                        "for it to finish, or give this one another folder with --out") from None
+                    raise CompressError(
+                        f"another compress run (process {holder}) is using {folder}; wait "
+                        "for it to finish, or give this one another folder with --out"
+                    ) from None
                 lock.unlink(missing_ok=True)  # left by a run that was killed: take it over
     finally:
         claim.unlink(missing_ok=True)
@@ -328,8 +379,14 @@ def _run_stages(plan: Plan, force: set[str], log: Callable[[str], None]) -> dict
             continue
         log(f"{head}: runs ({decision.reason})")
         _clear_stale_resume_state(stage, decision, log)
-        record = {"status": "running", "settings": stage.settings(), "inputs": hashes.inputs(stage),
-                  "outputs": {}, "started": _now(), "seconds": None}
+        record = {
+            "status": "running",
+            "settings": stage.settings(),
+            "inputs": hashes.inputs(stage),
+            "outputs": {},
+            "started": _now(),
+            "seconds": None,
+        }
         run_log["stages"][stage.name] = record
         write_json(plan.log_path, run_log)
         began = time.perf_counter()
@@ -368,8 +425,10 @@ def _clear_stale_resume_state(stage: Stage, decision: Decision, log: Callable[[s
     from .loop import resume_path
 
     if stage.resumable and not decision.resume and resume_path(stage.config.out).exists():
-        log(f"  {stage.name}: the interrupted run in {resume_path(stage.config.out).name} had other "
-            "settings or inputs; starting afresh")
+        log(
+            f"  {stage.name}: the interrupted run in {resume_path(stage.config.out).name} had other "
+            "settings or inputs; starting afresh"
+        )
         resume_path(stage.config.out).unlink()
 
 
@@ -389,15 +448,18 @@ def _execute(stage: Stage, resume: bool, log: Callable[[str], None]) -> str:
 
         pruning = prune(config, log=lambda line: log(f"  {line}"))["pruning"]
         before, after = pruning["before"], pruning["after"]
-        return (f"MACs {before['macs']:,} -> {after['macs']:,}, test accuracy "
-                f"{100 * before['test_accuracy']:.2f}% -> {100 * after['test_accuracy']:.2f}%")
+        return (
+            f"MACs {before['macs']:,} -> {after['macs']:,}, test accuracy "
+            f"{100 * before['test_accuracy']:.2f}% -> {100 * after['test_accuracy']:.2f}%"
+        )
     if kind == "export":
         from .export import export
 
         manifest = export(config)
         parity = manifest["parity"]
-        return (f"{Path(config.out).name}, {manifest['size_bytes'] / 1024:.1f} KiB"
-                + (f", parity max |diff| {parity['max_abs_diff']:.2g}" if parity else ""))
+        return f"{Path(config.out).name}, {manifest['size_bytes'] / 1024:.1f} KiB" + (
+            f", parity max |diff| {parity['max_abs_diff']:.2g}" if parity else ""
+        )
     if kind == "quantize":
         from .quantize import quantize
 
@@ -405,16 +467,20 @@ def _execute(stage: Stage, resume: bool, log: Callable[[str], None]) -> str:
         metrics = manifest["metrics"]
         latency = metrics["latency"]
         warnings = "".join(f"\n  warning: {w}" for w in metrics["warnings"])
-        accuracy = ("" if metrics["accuracy_drop_points"] is None
-                    else f", accuracy drop {metrics['accuracy_drop_points']:.2f} points")
-        return (f"{Path(config.out).name}, {latency['speedup']:.2f}x over fp32 at batch "
-                f"{latency['batch_size']}{accuracy}{warnings}")
+        accuracy = (
+            ""
+            if metrics["accuracy_drop_points"] is None
+            else f", accuracy drop {metrics['accuracy_drop_points']:.2f} points"
+        )
+        return (
+            f"{Path(config.out).name}, {latency['speedup']:.2f}x over fp32 at batch "
+            f"{latency['batch_size']}{accuracy}{warnings}"
+        )
     if kind == "bench":
         from .bench.report import write_report
         from .bench.run import bench
 
-        report = bench(dataclasses.replace(config, models=list(config.models)),
-                       log=lambda line: log(f"  {line}"))
+        report = bench(dataclasses.replace(config, models=list(config.models)), log=lambda line: log(f"  {line}"))
         write_report(report, config.report)
         return f"report in {config.report}"
     raise AssertionError(f"no runner for stage {stage.name}")
@@ -422,11 +488,11 @@ def _execute(stage: Stage, resume: bool, log: Callable[[str], None]) -> str:
 
 def _fit_summary(manifest: dict) -> str:
     metrics = manifest["metrics"]
-    return (f"{manifest['artifact']}, test accuracy {100 * metrics['test_accuracy']:.2f}%, "
-            f"{metrics['params']:,} params")
+    return f"{manifest['artifact']}, test accuracy {100 * metrics['test_accuracy']:.2f}%, {metrics['params']:,} params"
 
 
 # -- the summary --------------------------------------------------------------------------------
+
 
 def summary_rows(plan: Plan) -> list[dict[str, Any]]:
     """Per variant: accuracy, size, MACs and p50/speed-up per batch size, from the bench report."""
@@ -443,14 +509,25 @@ def summary_rows(plan: Plan) -> list[dict[str, Any]]:
         if model is None:
             continue
         measured = model["providers"][provider]
-        latency = {str(r["batch_size"]): {"p50_ms": r["p50_ms"], "speedup": r["speedup"],
-                                          "speedup_ci": r["speedup_ci"]}
-                   for r in report["rows"] if r["model"] == model["name"] and r["provider"] == provider
-                   and r["threads"] == threads}
-        rows.append({"variant": label, "file": str(path), "top1": measured["top1"],
-                     "accuracy_delta_points": measured["accuracy_delta_points"],
-                     "params": model["params"], "macs": model.get("macs"), "size_bytes": model["size_bytes"],
-                     "provider": provider, "threads": threads, "latency": latency})
+        latency = {
+            str(r["batch_size"]): {"p50_ms": r["p50_ms"], "speedup": r["speedup"], "speedup_ci": r["speedup_ci"]}
+            for r in report["rows"]
+            if r["model"] == model["name"] and r["provider"] == provider and r["threads"] == threads
+        }
+        rows.append(
+            {
+                "variant": label,
+                "file": str(path),
+                "top1": measured["top1"],
+                "accuracy_delta_points": measured["accuracy_delta_points"],
+                "params": model["params"],
+                "macs": model.get("macs"),
+                "size_bytes": model["size_bytes"],
+                "provider": provider,
+                "threads": threads,
+                "latency": latency,
+            }
+        )
     return rows
 
 
@@ -464,17 +541,27 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     lines = [header]
     for row in rows:
         delta = row["accuracy_delta_points"]
-        cells = [row["variant"], f"{100 * row['top1']:.2f}", "–" if row is rows[0] else f"{delta:+.2f}",
-                 _count(row["params"]), _count(row["macs"]), f"{row['size_bytes'] / 1024:.1f}"]
+        cells = [
+            row["variant"],
+            f"{100 * row['top1']:.2f}",
+            "–" if row is rows[0] else f"{delta:+.2f}",
+            _count(row["params"]),
+            _count(row["macs"]),
+            f"{row['size_bytes'] / 1024:.1f}",
+        ]
         cells += [f"{row['latency'][b]['p50_ms']:.3f}" for b in batches]
-        cells += ["–" if row["latency"][b]["speedup"] is None else f"{row['latency'][b]['speedup']:.2f}x"
-                  for b in batches]
+        cells += [
+            "–" if row["latency"][b]["speedup"] is None else f"{row['latency'][b]['speedup']:.2f}x" for b in batches
+        ]
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
-                     for line in lines)
-    return (f"{text}\n({rows[0]['provider']} execution provider, {rows[0]['threads']} thread(s); "
-            "speed-up against the teacher, each timed in rounds alternating with it)")
+    text = "\n".join(
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in lines
+    )
+    return (
+        f"{text}\n({rows[0]['provider']} execution provider, {rows[0]['threads']} thread(s); "
+        "speed-up against the teacher, each timed in rounds alternating with it)"
+    )
 
 
 def _count(value: int | None) -> str:

@@ -18,5 +18,12 @@ def on_terminal() -> bool:
 
 def step_bar(total: int, description: str) -> tqdm:
     """A per-step bar (shows loss, accuracy and ETA as postfix) that is silent off a terminal."""
-    return tqdm(total=total, desc=description, unit="step", leave=False, file=sys.stderr,
-                disable=not on_terminal(), dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        desc=description,
+        unit="step",
+        leave=False,
+        file=sys.stderr,
+        disable=not on_terminal(),
+        dynamic_ncols=True,
+    )

@@ -38,15 +38,15 @@ class PruneConfig(DistillConfig):
     """Recovery is a distillation run (``DistillConfig``); these fields say what to prune."""
 
     checkpoint: str = ""
-    data: str | None = None            # default: the data in the checkpoint's manifest
-    amount: float | None = None        # fraction of each prunable layer's channels to remove
-    target_macs: float | None = None   # fraction of the original MACs to keep (e.g. 0.5)
-    target_params: float | None = None # fraction of the original parameters to keep
-    importance: str = "l2"             # l1 | l2 (weight magnitude) | taylor (weight x gradient)
-    round_to: int = 8                  # remaining channel counts rounded to a multiple of this
+    data: str | None = None  # default: the data in the checkpoint's manifest
+    amount: float | None = None  # fraction of each prunable layer's channels to remove
+    target_macs: float | None = None  # fraction of the original MACs to keep (e.g. 0.5)
+    target_params: float | None = None  # fraction of the original parameters to keep
+    importance: str = "l2"  # l1 | l2 (weight magnitude) | taylor (weight x gradient)
+    round_to: int = 8  # remaining channel counts rounded to a multiple of this
     unstructured: bool = False
-    epochs: int = 3                    # recovery epochs after each pruning step
-    lr: float = 1e-3                   # peak learning rate of the recovery (fine-tuning, not training)
+    epochs: int = 3  # recovery epochs after each pruning step
+    lr: float = 1e-3  # peak learning rate of the recovery (fine-tuning, not training)
 
 
 def check_prune_config(config: PruneConfig) -> None:
@@ -77,17 +77,28 @@ def prune(config: PruneConfig, log: Callable[[str], None] = print) -> dict[str, 
     data = config.data or (source_manifest.get("data") or {}).get("spec")
     if not data:
         raise CompressError(f"{config.checkpoint} has no manifest naming its data; pass --data")
-    config = replace(config, model=source["model_spec"], model_args=source["model_args"],
-                     teacher=config.teacher or config.checkpoint, data=data)
+    config = replace(
+        config,
+        model=source["model_spec"],
+        model_args=source["model_args"],
+        teacher=config.teacher or config.checkpoint,
+        data=data,
+    )
     check_distill_config(config)
     device = resolve_device(config.device)
     preprocessing = source_manifest.get("preprocessing")
-    dataset = load_dataset(config.data, config.val_fraction, config.split_seed,
-                           Preprocessing.from_dict(preprocessing) if preprocessing else None)
+    dataset = load_dataset(
+        config.data,
+        config.val_fraction,
+        config.split_seed,
+        Preprocessing.from_dict(preprocessing) if preprocessing else None,
+    )
     in_shape = tuple(source["in_shape"])
     if tuple(dataset.in_shape) != in_shape:
-        raise CompressError(f"{config.checkpoint} takes samples of shape {list(in_shape)} but {config.data} "
-                            f"gives {list(dataset.in_shape)}; prune with the data it was trained on")
+        raise CompressError(
+            f"{config.checkpoint} takes samples of shape {list(in_shape)} but {config.data} "
+            f"gives {list(dataset.in_shape)}; prune with the data it was trained on"
+        )
     # loaded once for every recovery step; the data carries the teacher's preprocessing
     teacher, recovery_data = load_matching_teacher(config, device)
     model = model_from_checkpoint(source).eval()
@@ -100,8 +111,9 @@ def prune(config: PruneConfig, log: Callable[[str], None] = print) -> dict[str, 
     with staging_dir(out) as staging:
         if config.unstructured:
             sparsity = _prune_unstructured(model, config.amount)
-            steps.append({"sparsity": sparsity, **_size(model, example),
-                          "test_accuracy_pruned": accuracy(model, x_test, y_test)})
+            steps.append(
+                {"sparsity": sparsity, **_size(model, example), "test_accuracy_pruned": accuracy(model, x_test, y_test)}
+            )
             model = _recover(model, config, staging / "step1.pt", device, teacher, recovery_data)
             steps[-1]["test_accuracy_recovered"] = accuracy(model.cpu(), x_test, y_test)
         else:
@@ -110,16 +122,24 @@ def prune(config: PruneConfig, log: Callable[[str], None] = print) -> dict[str, 
                 _step(_make_pruner(model, example, config, ratio), model, config, dataset)
                 size = _size(model, example)
                 if steps and size["macs"] >= steps[-1]["macs"]:
-                    raise CompressError(f"the target cannot be reached: pruning stalls at {size['params']:,} "
-                                        f"params / {size['macs']:,} MACs (every layer is down to "
-                                        f"--round-to {config.round_to} channels); lower --round-to or "
-                                        "aim higher; nothing was written")
-                steps.append({**size, "test_accuracy_pruned": accuracy(model, x_test, y_test),
-                              "widths": _widths(model)})
-                log(f"step {len(steps)}: {size['params']:,} params, {size['macs']:,} MACs, test accuracy "
-                    f"{100 * steps[-1]['test_accuracy_pruned']:.2f}% before recovery")
-                model = _recover(model, config, staging / f"step{len(steps)}.pt", device, teacher,
-                                 recovery_data).cpu().eval()
+                    raise CompressError(
+                        f"the target cannot be reached: pruning stalls at {size['params']:,} "
+                        f"params / {size['macs']:,} MACs (every layer is down to "
+                        f"--round-to {config.round_to} channels); lower --round-to or "
+                        "aim higher; nothing was written"
+                    )
+                steps.append(
+                    {**size, "test_accuracy_pruned": accuracy(model, x_test, y_test), "widths": _widths(model)}
+                )
+                log(
+                    f"step {len(steps)}: {size['params']:,} params, {size['macs']:,} MACs, test accuracy "
+                    f"{100 * steps[-1]['test_accuracy_pruned']:.2f}% before recovery"
+                )
+                model = (
+                    _recover(model, config, staging / f"step{len(steps)}.pt", device, teacher, recovery_data)
+                    .cpu()
+                    .eval()
+                )
                 steps[-1]["test_accuracy_recovered"] = accuracy(model, x_test, y_test)
                 if _target_reached(config, before, size):
                     break
@@ -128,13 +148,20 @@ def prune(config: PruneConfig, log: Callable[[str], None] = print) -> dict[str, 
         manifest.update(artifact=out.name, stage="prune", config=asdict(config))
         manifest["inputs"].insert(0, input_record("checkpoint", config.checkpoint))
         manifest["pruning"] = {
-            "method": "unstructured magnitude" if config.unstructured else f"structured, {config.importance} importance",
+            "method": "unstructured magnitude"
+            if config.unstructured
+            else f"structured, {config.importance} importance",
             "before": before,
             "after": {**_size(model, example), "test_accuracy": steps[-1]["test_accuracy_recovered"]},
             "steps": steps,
-            "widths_before": _widths(model_from_checkpoint(source)), "widths_after": _widths(model),
-            "note": ("zeroed weights keep the dense shape: the ONNX model is no faster and no smaller "
-                     "unless compressed on disk" if config.unstructured else None),
+            "widths_before": _widths(model_from_checkpoint(source)),
+            "widths_after": _widths(model),
+            "note": (
+                "zeroed weights keep the dense shape: the ONNX model is no faster and no smaller "
+                "unless compressed on disk"
+                if config.unstructured
+                else None
+            ),
         }
         write_json(manifest_path(final), manifest)
         os.replace(final, out)  # the checkpoint first: its manifest names its hash
@@ -168,15 +195,25 @@ def _make_pruner(model: nn.Module, example: torch.Tensor, config: PruneConfig, r
     """A Torch-Pruning pruner that removes ``ratio`` of the channels of every prunable layer."""
     import torch_pruning as tp
 
-    importance = {"l1": tp.importance.MagnitudeImportance(p=1),
-                  "l2": tp.importance.MagnitudeImportance(p=2),
-                  "taylor": tp.importance.TaylorImportance()}[config.importance]
+    importance = {
+        "l1": tp.importance.MagnitudeImportance(p=1),
+        "l2": tp.importance.MagnitudeImportance(p=2),
+        "taylor": tp.importance.TaylorImportance(),
+    }[config.importance]
     try:
-        return tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=ratio,
-                                    ignored_layers=[_output_layer(model)], round_to=config.round_to)
+        return tp.pruner.MetaPruner(
+            model,
+            example,
+            importance=importance,
+            pruning_ratio=ratio,
+            ignored_layers=[_output_layer(model)],
+            round_to=config.round_to,
+        )
     except Exception as exc:  # the dependency graph fails on layers it cannot trace
-        raise CompressError(f"Torch-Pruning cannot build the dependency graph of {config.checkpoint} "
-                            f"({str(exc).strip().splitlines()[0][:200]}); nothing was written") from None
+        raise CompressError(
+            f"Torch-Pruning cannot build the dependency graph of {config.checkpoint} "
+            f"({str(exc).strip().splitlines()[0][:200]}); nothing was written"
+        ) from None
 
 
 def _step(pruner, model: nn.Module, config: PruneConfig, dataset) -> None:
@@ -188,8 +225,7 @@ def _step(pruner, model: nn.Module, config: PruneConfig, dataset) -> None:
     try:
         pruner.step()
     except Exception as exc:
-        raise CompressError(f"pruning failed ({str(exc).strip().splitlines()[0][:200]}); "
-                            "nothing was written") from None
+        raise CompressError(f"pruning failed ({str(exc).strip().splitlines()[0][:200]}); nothing was written") from None
     model.zero_grad(set_to_none=True)
     _check_runs(model, torch.from_numpy(dataset.x_train[:2]))
 
@@ -197,8 +233,11 @@ def _step(pruner, model: nn.Module, config: PruneConfig, dataset) -> None:
 def _check_runs(model: nn.Module, example: torch.Tensor) -> None:
     """The pruned model must still run; if not, name the layer where it breaks."""
     entered: list[str] = []
-    hooks = [module.register_forward_pre_hook(lambda _m, _i, name=name: entered.append(name))
-             for name, module in model.named_modules() if name and not list(module.children())]
+    hooks = [
+        module.register_forward_pre_hook(lambda _m, _i, name=name: entered.append(name))
+        for name, module in model.named_modules()
+        if name and not list(module.children())
+    ]
     try:
         with torch.no_grad():
             model(example)
@@ -207,7 +246,8 @@ def _check_runs(model: nn.Module, example: torch.Tensor) -> None:
         raise CompressError(
             f"after pruning, the model fails at layer {where!r} ({str(exc).strip().splitlines()[0][:120]}); "
             "its forward hard-codes a width Torch-Pruning cannot follow (e.g. a reshape to a fixed "
-            "channel count) — take widths from the tensors in the model code; nothing was written") from None
+            "channel count) — take widths from the tensors in the model code; nothing was written"
+        ) from None
     finally:
         for hook in hooks:
             hook.remove()
@@ -234,8 +274,9 @@ def _prune_unstructured(model: nn.Module, amount: float) -> float:
     return zeros / total
 
 
-def _recover(model: nn.Module, config: PruneConfig, out: Path, device: torch.device, teacher: Teacher,
-             dataset: Dataset) -> nn.Module:
+def _recover(
+    model: nn.Module, config: PruneConfig, out: Path, device: torch.device, teacher: Teacher, dataset: Dataset
+) -> nn.Module:
     """Fine-tune the pruned model as a distillation student; writes a checkpoint at ``out``."""
     step_config = replace(config, out=str(out), resume=False)
     if config.unstructured:

@@ -20,7 +20,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .artifacts import atomic_path, staging_dir, input_record, manifest_path, new_manifest, read_manifest, sha256_file, write_json
+from .artifacts import (
+    atomic_path,
+    input_record,
+    manifest_path,
+    new_manifest,
+    read_manifest,
+    sha256_file,
+    staging_dir,
+    write_json,
+)
 from .bench.latency import compare
 from .data import Dataset, load_dataset_for
 from .errors import CompressError
@@ -33,17 +42,17 @@ INT8_TYPES = ("auto", "u8", "s8")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 # The ops whose int8 kernels make the speed; a node of these types is what the accuracy loop keeps in float.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-SEARCH_DEFAULT_BUDGET = 1.0   # accuracy points, when --search is given without --max-accuracy-drop
-SENSITIVITY_SAMPLES = 512     # validation samples that rank the nodes by quantization error
-NOT_FASTER_RATIO = 1.05       # int8 below this speed-up counts as "not faster"
+SEARCH_DEFAULT_BUDGET = 1.0  # accuracy points, when --search is given without --max-accuracy-drop
+SENSITIVITY_SAMPLES = 512  # validation samples that rank the nodes by quantization error
+NOT_FASTER_RATIO = 1.05  # int8 below this speed-up counts as "not faster"
 
 
 @dataclass
 class QuantizeConfig:
     model: str
     out: str
-    data: str | None = None              # default: the data named in the model's manifest
-    preprocessing: str | None = None     # fit | scale | raw, for a model without a manifest
+    data: str | None = None  # default: the data named in the model's manifest
+    preprocessing: str | None = None  # fit | scale | raw, for a model without a manifest
     mode: str = "static"
     format: str = "qdq"
     activation_type: str = "auto"
@@ -51,13 +60,13 @@ class QuantizeConfig:
     per_channel: bool = False
     calibration: str = "minmax"
     calibration_samples: int = 512
-    preprocess: bool = True              # quant_pre_process: shape inference + optimisation first
+    preprocess: bool = True  # quant_pre_process: shape inference + optimisation first
     max_accuracy_drop: float | None = None  # accuracy points against fp32 on the validation split
     allow_over_budget: bool = False
     search: bool = False
-    batch_size: int = 64                 # batch size of the latency timing
-    threads: int | None = None           # intra-op threads of the timing sessions (default: ORT's)
-    seed: int = 0                        # which training samples calibrate
+    batch_size: int = 64  # batch size of the latency timing
+    threads: int | None = None  # intra-op threads of the timing sessions (default: ORT's)
+    seed: int = 0  # which training samples calibrate
 
 
 @dataclass(frozen=True)
@@ -77,9 +86,11 @@ class Settings:
     def label(self) -> str:
         if self.mode == "dynamic":
             return f"dynamic {self.weight_type} weights{' per-channel' if self.per_channel else ''}"
-        return (f"static {self.format.upper() if self.format == 'qdq' else 'QOperator'} "
-                f"{self.activation_type}{self.weight_type}{' per-channel' if self.per_channel else ''}"
-                f" {self.calibration}")
+        return (
+            f"static {self.format.upper() if self.format == 'qdq' else 'QOperator'} "
+            f"{self.activation_type}{self.weight_type}{' per-channel' if self.per_channel else ''}"
+            f" {self.calibration}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -101,6 +112,7 @@ def check_config(config: QuantizeConfig) -> None:
     def choice(name, value, allowed):
         if value not in allowed:
             raise CompressError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}")
+
     if not str(config.out).endswith(".onnx"):
         raise CompressError(f"output {config.out} must end in .onnx; pass --out PATH.onnx")
     if Path(config.out).resolve() == Path(config.model).resolve():
@@ -124,20 +136,26 @@ def choose_settings(config: QuantizeConfig, cpu: CpuInfo) -> Settings:
     activation, weight = config.activation_type, config.weight_type
     if config.mode == "dynamic":
         if activation not in ("auto", "u8"):
-            raise CompressError("dynamic quantization computes uint8 activations at run time; "
-                                "drop --activation-type or use --mode static")
+            raise CompressError(
+                "dynamic quantization computes uint8 activations at run time; "
+                "drop --activation-type or use --mode static"
+            )
         activation = "u8"
         if weight == "auto":
             weight = "s8"
             reasons.append("weights s8: MatMulInteger/ConvInteger's u8 x s8 kernels")
     elif cpu.is_x86:
         if config.format == "qoperator" and activation == "s8" and weight == "s8":
-            raise CompressError("QOperator with s8 activations and s8 weights is documented by ONNX "
-                                "Runtime as slow on x86-64; use --activation-type u8 or --format qdq")
+            raise CompressError(
+                "QOperator with s8 activations and s8 weights is documented by ONNX "
+                "Runtime as slow on x86-64; use --activation-type u8 or --format qdq"
+            )
         if activation == "auto":
             activation = "u8"
-            reasons.append("activations u8, weights s8: the u8 x s8 pairing that ONNX Runtime's x86 "
-                           "int8 kernels (VNNI/AVX512/AVX2) take natively")
+            reasons.append(
+                "activations u8, weights s8: the u8 x s8 pairing that ONNX Runtime's x86 "
+                "int8 kernels (VNNI/AVX512/AVX2) take natively"
+            )
         if weight == "auto":
             weight = "s8"
     else:  # ARM64 and others: ONNX Runtime's default, S8S8, is the recommended first choice
@@ -150,13 +168,19 @@ def choose_settings(config: QuantizeConfig, cpu: CpuInfo) -> Settings:
     # ONNX Runtime's guide recommends 7-bit weights (reduce_range) there.
     reduce_range = cpu.is_x86 and not cpu.has_vnni and activation == "u8" and weight == "s8"
     if reduce_range:
-        reasons.append("reduce_range: this x86 CPU has no VNNI, so 7-bit weights avoid "
-                       "VPMADDUBSW saturation")
+        reasons.append("reduce_range: this x86 CPU has no VNNI, so 7-bit weights avoid VPMADDUBSW saturation")
     elif cpu.is_x86 and cpu.has_vnni:
         reasons.append("full 8-bit range: this CPU has VNNI (no u8 x s8 saturation)")
-    return Settings(mode=config.mode, format=config.format if config.mode == "static" else "qoperator",
-                    activation_type=activation, weight_type=weight, per_channel=config.per_channel,
-                    reduce_range=reduce_range, calibration=config.calibration, reasons=tuple(reasons))
+    return Settings(
+        mode=config.mode,
+        format=config.format if config.mode == "static" else "qoperator",
+        activation_type=activation,
+        weight_type=weight,
+        per_channel=config.per_channel,
+        reduce_range=reduce_range,
+        calibration=config.calibration,
+        reasons=tuple(reasons),
+    )
 
 
 def search_space(base: Settings, cpu: CpuInfo) -> list[Settings]:
@@ -167,14 +191,32 @@ def search_space(base: Settings, cpu: CpuInfo) -> list[Settings]:
     """
     found = []
     for per_channel in (False, True):
-        found.append(replace(base, mode="dynamic", format="qoperator", activation_type="u8",
-                             weight_type="s8", per_channel=per_channel, reasons=()))
+        found.append(
+            replace(
+                base,
+                mode="dynamic",
+                format="qoperator",
+                activation_type="u8",
+                weight_type="s8",
+                per_channel=per_channel,
+                reasons=(),
+            )
+        )
         for fmt in FORMATS:
             for activation in ("u8", "s8"):
                 if fmt == "qoperator" and activation == "s8" and cpu.is_x86:
                     continue
-                found.append(replace(base, mode="static", format=fmt, activation_type=activation,
-                                     weight_type="s8", per_channel=per_channel, reasons=()))
+                found.append(
+                    replace(
+                        base,
+                        mode="static",
+                        format=fmt,
+                        activation_type=activation,
+                        weight_type="s8",
+                        per_channel=per_channel,
+                        reasons=(),
+                    )
+                )
     return found
 
 
@@ -182,8 +224,9 @@ class _CalibrationReader:
     """onnxruntime.quantization's data-reader protocol over preprocessed samples."""
 
     def __init__(self, name: str, samples: np.ndarray, batch: int):
-        self._batches = [{name: np.ascontiguousarray(samples[i:i + batch])}
-                         for i in range(0, len(samples) - batch + 1, batch)] or [{name: samples}]
+        self._batches = [
+            {name: np.ascontiguousarray(samples[i : i + batch])} for i in range(0, len(samples) - batch + 1, batch)
+        ] or [{name: samples}]
         self._next = iter(self._batches)
 
     def get_next(self):
@@ -196,8 +239,7 @@ class _CalibrationReader:
 class Quantizer:
     """Quantizes one float model in various ways; calibration runs once per method and is reused."""
 
-    def __init__(self, float_path: Path, workdir: Path, input_name: str,
-                 calibration: np.ndarray | None, batch: int):
+    def __init__(self, float_path: Path, workdir: Path, input_name: str, calibration: np.ndarray | None, batch: int):
         self.float_path = float_path
         self.workdir = workdir
         self.input_name = input_name
@@ -206,36 +248,56 @@ class Quantizer:
         self._count = 0
 
     def quantize(self, settings: Settings, exclude: list[str] = (), only: list[str] | None = None) -> Path:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_dynamic,
+            quantize_static,
+        )
 
         self._count += 1
         out = self.workdir / f"candidate{self._count}.onnx"
         types = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
-        common = dict(per_channel=settings.per_channel, reduce_range=settings.reduce_range,
-                      weight_type=types[settings.weight_type], op_types_to_quantize=None,
-                      nodes_to_exclude=list(exclude), nodes_to_quantize=only)
+        common = dict(
+            per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range,
+            weight_type=types[settings.weight_type],
+            op_types_to_quantize=None,
+            nodes_to_exclude=list(exclude),
+            nodes_to_quantize=only,
+        )
         try:
             with quiet():
                 if settings.mode == "dynamic":
                     quantize_dynamic(self.float_path, out, **common)
                 else:
                     if self.calibration is None:
-                        raise CompressError("static quantization needs calibration data; pass --data "
-                                            "(or use --mode dynamic)")
-                    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                              "percentile": CalibrationMethod.Percentile}[settings.calibration]
+                        raise CompressError(
+                            "static quantization needs calibration data; pass --data (or use --mode dynamic)"
+                        )
+                    method = {
+                        "minmax": CalibrationMethod.MinMax,
+                        "entropy": CalibrationMethod.Entropy,
+                        "percentile": CalibrationMethod.Percentile,
+                    }[settings.calibration]
                     reader = _CalibrationReader(self.input_name, self.calibration, self.batch)
                     quantize_static(
-                        self.float_path, out, reader,
+                        self.float_path,
+                        out,
+                        reader,
                         quant_format=QuantFormat.QDQ if settings.format == "qdq" else QuantFormat.QOperator,
-                        activation_type=types[settings.activation_type], calibrate_method=method,
+                        activation_type=types[settings.activation_type],
+                        calibrate_method=method,
                         calibration_cache_path=self.workdir / f"calibration-{settings.calibration}.json",
-                        **common)
+                        **common,
+                    )
         except CompressError:
             raise
         except Exception as exc:  # onnxruntime.quantization raises plain exceptions
-            raise CompressError(f"onnxruntime.quantization failed ({settings.label}): "
-                                f"{first_line(exc)}; try another --mode/--format") from None
+            raise CompressError(
+                f"onnxruntime.quantization failed ({settings.label}): {first_line(exc)}; try another --mode/--format"
+            ) from None
         return out
 
 
@@ -263,8 +325,7 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] = lambda line: N
     with staging_dir(out) as workdir:
         float_path, preprocess_note = _preprocess(Path(config.model), workdir, config.preprocess)
         calibration = _calibration_samples(dataset, config) if dataset is not None else None
-        quantizer = Quantizer(float_path, workdir, float_runner.input_name, calibration,
-                              float_runner.fixed_batch or 32)
+        quantizer = Quantizer(float_path, workdir, float_runner.input_name, calibration, float_runner.fixed_batch or 32)
         float_accuracy = float_runner.accuracy(eval_x, eval_y) if eval_x is not None else None
         accuracy_of = _accuracy_meter(eval_x, eval_y)
 
@@ -278,26 +339,30 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] = lambda line: N
             within = [c for c in candidates if drop(c) <= budget]
             chosen = _pick(within, base, log)
             if chosen is None:
-                log(f"search: no setting is within {budget} points; keeping the most sensitive "
-                    "nodes in float for the default setting")
+                log(
+                    f"search: no setting is within {budget} points; keeping the most sensitive "
+                    "nodes in float for the default setting"
+                )
         if chosen is None:
             chosen = Candidate(base, quantizer.quantize(base))
             chosen.accuracy = accuracy_of(chosen.path)
 
         sensitivity = None
         if budget is not None and drop(chosen) > budget:
-            log(f"{chosen.settings.label}: accuracy drop {drop(chosen):.2f} points is over the "
-                f"budget of {budget}; ranking nodes by quantization error")
+            log(
+                f"{chosen.settings.label}: accuracy drop {drop(chosen):.2f} points is over the "
+                f"budget of {budget}; ranking nodes by quantization error"
+            )
             sensitivity = _rank_nodes(quantizer, chosen.settings, float_runner, float_path, eval_x)
-            chosen = _exclude_until_within(quantizer, chosen, sensitivity, float_accuracy, budget,
-                                           accuracy_of, log)
+            chosen = _exclude_until_within(quantizer, chosen, sensitivity, float_accuracy, budget, accuracy_of, log)
         over_budget = budget is not None and drop(chosen) > budget
         if over_budget and not config.allow_over_budget:
             raise CompressError(
                 f"int8 misses the accuracy budget: {drop(chosen):.2f} points below fp32 "
                 f"({_pct(chosen.accuracy)} against {_pct(float_accuracy)} on {eval_split}) with "
                 f"{len(chosen.excluded)} nodes kept in float, budget {budget}; nothing written — "
-                "raise --max-accuracy-drop, or pass --allow-over-budget to keep this model")
+                "raise --max-accuracy-drop, or pass --allow-over-budget to keep this model"
+            )
 
         # a copy: the search figures of the chosen candidate stay as they were measured
         speed = _time_candidates(config.model, [replace(chosen)], timing_input, config)
@@ -315,23 +380,31 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] = lambda line: N
         manifest["labels"] = manifest["labels"] or dataset.labels
         manifest["data"] = manifest["data"] or dataset.describe()
     manifest["quantization"] = {
-        **chosen.settings.to_dict(), "excluded_nodes": chosen.excluded,
+        **chosen.settings.to_dict(),
+        "excluded_nodes": chosen.excluded,
         "calibration_samples": 0 if calibration is None or chosen.settings.mode == "dynamic" else len(calibration),
-        "calibration_split": "train", "preprocessed": preprocess_note, "cpu": cpu.describe(),
-        "budget_points": budget, "over_budget": over_budget, "coverage": coverage,
+        "calibration_split": "train",
+        "preprocessed": preprocess_note,
+        "cpu": cpu.describe(),
+        "budget_points": budget,
+        "over_budget": over_budget,
+        "coverage": coverage,
         "sensitivity": sensitivity,
         "search": [_candidate_record(c, float_accuracy) for c in candidates] or None,
     }
     int8_info = model_info(out)
     manifest["metrics"] = {
-        "accuracy_split": eval_split, "float_accuracy": float_accuracy, "accuracy": chosen.accuracy,
+        "accuracy_split": eval_split,
+        "float_accuracy": float_accuracy,
+        "accuracy": chosen.accuracy,
         "accuracy_drop_points": drop(chosen) if float_accuracy is not None else None,
-        "float_size_bytes": model_info(config.model)["size_bytes"], "size_bytes": int8_info["size_bytes"],
-        "latency": speed, "warnings": warnings_,
+        "float_size_bytes": model_info(config.model)["size_bytes"],
+        "size_bytes": int8_info["size_bytes"],
+        "latency": speed,
+        "warnings": warnings_,
         "recommendation": "keep fp32" if speed["speedup"] < NOT_FASTER_RATIO else "int8",
     }
-    manifest["onnx"] = {"opset": int8_info["opset"], "nodes": int8_info["nodes"],
-                        "op_types": int8_info["op_types"]}
+    manifest["onnx"] = {"opset": int8_info["opset"], "nodes": int8_info["nodes"], "op_types": int8_info["op_types"]}
     manifest["sha256"] = sha256_file(out)
     manifest["size_bytes"] = int8_info["size_bytes"]
     write_json(manifest_path(out), manifest)
@@ -347,15 +420,23 @@ def _pick(within: list[Candidate], base: Settings, log: Callable[[str], None]) -
     fastest = max(within, key=lambda c: c.speedup[0])
     default = next((c for c in within if replace(c.settings, reasons=()) == replace(base, reasons=())), None)
     if default is not None and default is not fastest and default.speedup[0] >= fastest.speedup[1]:
-        log(f"search: keeping the default {default.settings.label} ({default.speedup[0]:.2f}x): the "
+        log(
+            f"search: keeping the default {default.settings.label} ({default.speedup[0]:.2f}x): the "
             f"fastest, {fastest.settings.label} ({fastest.speedup[0]:.2f}x), is not faster beyond "
-            f"its spread ({fastest.speedup[1]:.2f}-{fastest.speedup[2]:.2f}x)")
+            f"its spread ({fastest.speedup[1]:.2f}-{fastest.speedup[2]:.2f}x)"
+        )
         return replace(default, settings=base)
     return fastest
 
 
-def _search(quantizer: Quantizer, space: list[Settings], accuracy_of: Callable[[Path], float | None],
-            timing_input: np.ndarray, config: QuantizeConfig, log: Callable[[str], None]) -> list[Candidate]:
+def _search(
+    quantizer: Quantizer,
+    space: list[Settings],
+    accuracy_of: Callable[[Path], float | None],
+    timing_input: np.ndarray,
+    config: QuantizeConfig,
+    log: Callable[[str], None],
+) -> list[Candidate]:
     """Every setting of ``space`` quantized, its accuracy measured, each timed beside fp32."""
     log(f"search: trying {len(space)} settings")
     candidates = []
@@ -382,9 +463,11 @@ def _dataset(config: QuantizeConfig, source: dict, runner: OnnxClassifier, neede
     if not needed and not config.data and not source.get("data"):
         return None
     if not config.data and not source.get("data"):
-        raise CompressError(f"{config.model} has no manifest naming its data, and static "
-                            "quantization needs calibration data; pass --data (and --preprocessing), "
-                            "or use --mode dynamic")
+        raise CompressError(
+            f"{config.model} has no manifest naming its data, and static "
+            "quantization needs calibration data; pass --data (and --preprocessing), "
+            "or use --mode dynamic"
+        )
     dataset = load_dataset_for(config.model, source or None, config.data, config.preprocessing)
     runner.check_fits(dataset.in_shape, dataset.spec)
     return dataset
@@ -411,8 +494,9 @@ def _timing_input(runner: OnnxClassifier, dataset: Dataset | None, batch: int) -
     if dataset is None:
         shape = runner.sample_shape
         if shape is None:
-            raise CompressError(f"{runner.name} has symbolic sample dimensions; pass --data so "
-                                "real samples can be timed")
+            raise CompressError(
+                f"{runner.name} has symbolic sample dimensions; pass --data so real samples can be timed"
+            )
         return np.zeros((batch, *shape), np.float32)
     x = dataset.x_test
     return np.ascontiguousarray(x[np.arange(batch) % len(x)])
@@ -423,6 +507,7 @@ def _accuracy_meter(x: np.ndarray | None, y: np.ndarray | None) -> Callable[[Pat
         if x is None:
             return None
         return OnnxClassifier(open_session(path, role="quantized model")).accuracy(x, y)
+
     return accuracy
 
 
@@ -448,8 +533,9 @@ def _quantizable_nodes(path: Path) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in COMPUTE_OPS and n.name]
 
 
-def _rank_nodes(quantizer: Quantizer, settings: Settings, float_runner: OnnxClassifier,
-                float_path: Path, x: np.ndarray) -> list[dict[str, Any]]:
+def _rank_nodes(
+    quantizer: Quantizer, settings: Settings, float_runner: OnnxClassifier, float_path: Path, x: np.ndarray
+) -> list[dict[str, Any]]:
     """Quantize one node at a time; rank nodes by the relative error they cause in the logits."""
     x = x[:SENSITIVITY_SAMPLES]
     reference = float_runner.predict(x)
@@ -459,22 +545,34 @@ def _rank_nodes(quantizer: Quantizer, settings: Settings, float_runner: OnnxClas
         path = quantizer.quantize(settings, only=[name])
         logits = OnnxClassifier(open_session(path, role="quantized model")).predict(x)
         error = float(np.mean((logits.astype(np.float64) - reference) ** 2)) / scale
-        ranking.append({"node": name, "relative_mse": error,
-                        "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).mean())})
+        ranking.append(
+            {
+                "node": name,
+                "relative_mse": error,
+                "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
+            }
+        )
         path.unlink()
     return sorted(ranking, key=lambda r: -r["relative_mse"])
 
 
-def _exclude_until_within(quantizer: Quantizer, chosen: Candidate, ranking: list[dict], float_accuracy: float,
-                          budget: float, accuracy_of: Callable[[Path], float | None],
-                          log: Callable[[str], None]) -> Candidate:
+def _exclude_until_within(
+    quantizer: Quantizer,
+    chosen: Candidate,
+    ranking: list[dict],
+    float_accuracy: float,
+    budget: float,
+    accuracy_of: Callable[[Path], float | None],
+    log: Callable[[str], None],
+) -> Candidate:
     """Keep the most sensitive nodes in float, one more at a time, until the budget is met."""
     excluded: list[str] = []
     best = chosen
     for entry in ranking:
         excluded.append(entry["node"])
-        candidate = Candidate(chosen.settings, quantizer.quantize(chosen.settings, exclude=excluded),
-                              excluded=list(excluded))
+        candidate = Candidate(
+            chosen.settings, quantizer.quantize(chosen.settings, exclude=excluded), excluded=list(excluded)
+        )
         candidate.accuracy = accuracy_of(candidate.path)
         drop = _drop(float_accuracy, candidate.accuracy)
         log(f"  float: {', '.join(excluded)} -> accuracy {_pct(candidate.accuracy)}, drop {drop:.2f} points")
@@ -485,8 +583,9 @@ def _exclude_until_within(quantizer: Quantizer, chosen: Candidate, ranking: list
     return best
 
 
-def _time_candidates(float_model: str, candidates: list[Candidate], x: np.ndarray,
-                     config: QuantizeConfig, rounds: int = 5) -> dict[str, Any]:
+def _time_candidates(
+    float_model: str, candidates: list[Candidate], x: np.ndarray, config: QuantizeConfig, rounds: int = 5
+) -> dict[str, Any]:
     """Time each candidate against fp32, pair by pair; fill its latency and speed-up.
 
     Only the pair's two sessions exist while it is timed: ONNX Runtime's idle worker threads
@@ -496,16 +595,21 @@ def _time_candidates(float_model: str, candidates: list[Candidate], x: np.ndarra
     float_runner = OnnxClassifier(open_session(float_model, threads=config.threads))
     for c in candidates:
         pair = {"fp32": float_runner, "int8": OnnxClassifier(open_session(c.path, threads=config.threads))}
-        calls = {name: (lambda r=r: r.session.run([r.output_name], {r.input_name: x}))
-                 for name, r in pair.items()}
+        calls = {name: (lambda r=r: r.session.run([r.output_name], {r.input_name: x})) for name, r in pair.items()}
         result = compare(calls, baseline="fp32", batch_size=len(x), rounds=rounds, seconds_per_round=0.2)
         c.latency = result.stats["int8"].to_dict()
         c.speedup = result.speedup("int8")
         float_stats = result.stats["fp32"].to_dict()
     last = candidates[-1]
-    return {"batch_size": len(x), "threads": config.threads, "float": float_stats,
-            "int8": last.latency, "speedup": last.speedup[0],
-            "speedup_range": [last.speedup[1], last.speedup[2]], "rounds": rounds}
+    return {
+        "batch_size": len(x),
+        "threads": config.threads,
+        "float": float_stats,
+        "int8": last.latency,
+        "speedup": last.speedup[0],
+        "speedup_range": [last.speedup[1], last.speedup[2]],
+        "rounds": rounds,
+    }
 
 
 def _speed_warnings(chosen: Candidate, speed: dict, cpu: CpuInfo) -> list[str]:
@@ -516,23 +620,31 @@ def _speed_warnings(chosen: Candidate, speed: dict, cpu: CpuInfo) -> list[str]:
     counts = _int8_coverage(chosen.path)
     causes = []
     if s.mode == "dynamic":
-        causes.append("dynamic quantization computes activation scales at run time "
-                      "(DynamicQuantizeLinear before each layer); try --mode static")
+        causes.append(
+            "dynamic quantization computes activation scales at run time "
+            "(DynamicQuantizeLinear before each layer); try --mode static"
+        )
     if s.format == "qoperator" and s.activation_type == "s8" and cpu.is_x86:
         causes.append("QOperator with s8 activations has no fast kernels on x86-64")
     if cpu.is_x86 and not cpu.has_vnni:
         causes.append("this CPU has no VNNI, so int8 dot products take slower AVX2/AVX512BW paths")
     if counts["float_compute"]:
-        causes.append(f"{counts['float_compute']} of {counts['float_compute'] + counts['int8_compute']} "
-                      "compute ops stay in float")
+        causes.append(
+            f"{counts['float_compute']} of {counts['float_compute'] + counts['int8_compute']} compute ops stay in float"
+        )
     if counts["conversions"] > 2 * max(counts["int8_compute"], 1):
-        causes.append(f"{counts['conversions']} quantize/dequantize conversions for "
-                      f"{counts['int8_compute']} int8 ops: ops without int8 kernels (pooling, means, "
-                      "reshapes) split the int8 graph")
-    causes.append(f"at batch {speed['batch_size']} the layers are small, so per-op overhead "
-                  "outweighs the cheaper int8 arithmetic")
-    return [f"int8 is not faster than fp32 here ({speed['speedup']:.2f}x at batch "
-            f"{speed['batch_size']}); likely: " + "; ".join(causes) + ". Consider keeping fp32."]
+        causes.append(
+            f"{counts['conversions']} quantize/dequantize conversions for "
+            f"{counts['int8_compute']} int8 ops: ops without int8 kernels (pooling, means, "
+            "reshapes) split the int8 graph"
+        )
+    causes.append(
+        f"at batch {speed['batch_size']} the layers are small, so per-op overhead outweighs the cheaper int8 arithmetic"
+    )
+    return [
+        f"int8 is not faster than fp32 here ({speed['speedup']:.2f}x at batch "
+        f"{speed['batch_size']}); likely: " + "; ".join(causes) + ". Consider keeping fp32."
+    ]
 
 
 def _int8_coverage(path: Path) -> dict[str, int]:
@@ -546,8 +658,7 @@ def _int8_coverage(path: Path) -> dict[str, int]:
 
     graph = onnx.load(str(path), load_external_data=False).graph
     dequantized = {out for n in graph.node if n.op_type == "DequantizeLinear" for out in n.output}
-    integer_ops = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm",
-                   "DynamicQuantizeMatMul")
+    integer_ops = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm", "DynamicQuantizeMatMul")
     int8 = sum(n.op_type in integer_ops for n in graph.node)
     float_compute = 0
     for n in graph.node:
@@ -556,16 +667,21 @@ def _int8_coverage(path: Path) -> dict[str, int]:
                 int8 += 1
             else:
                 float_compute += 1
-    conversions = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
-                      for n in graph.node)
+    conversions = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear") for n in graph.node)
     return {"int8_compute": int8, "float_compute": float_compute, "conversions": conversions}
 
 
 def _candidate_record(c: Candidate, float_accuracy: float | None) -> dict[str, Any]:
-    return {"settings": c.settings.label, "mode": c.settings.mode, "format": c.settings.format,
-            "activation_type": c.settings.activation_type, "weight_type": c.settings.weight_type,
-            "per_channel": c.settings.per_channel, "accuracy": c.accuracy,
-            "accuracy_drop_points": _drop(float_accuracy, c.accuracy),
-            "p50_ms": c.latency["p50_ms"] if c.latency else None,
-            "speedup": c.speedup[0] if c.speedup else None,
-            "speedup_range": [c.speedup[1], c.speedup[2]] if c.speedup else None}
+    return {
+        "settings": c.settings.label,
+        "mode": c.settings.mode,
+        "format": c.settings.format,
+        "activation_type": c.settings.activation_type,
+        "weight_type": c.settings.weight_type,
+        "per_channel": c.settings.per_channel,
+        "accuracy": c.accuracy,
+        "accuracy_drop_points": _drop(float_accuracy, c.accuracy),
+        "p50_ms": c.latency["p50_ms"] if c.latency else None,
+        "speedup": c.speedup[0] if c.speedup else None,
+        "speedup_range": [c.speedup[1], c.speedup[2]] if c.speedup else None,
+    }

@@ -61,8 +61,8 @@ class Recipe:
     name: str
     out: Path
     data: str
-    teacher_path: Path | None           # an existing teacher, or None to train one
-    tables: dict[str, dict[str, Any]]   # table -> settings (only the keys the recipe gives)
+    teacher_path: Path | None  # an existing teacher, or None to train one
+    tables: dict[str, dict[str, Any]]  # table -> settings (only the keys the recipe gives)
     locator: _Locator = field(repr=False)
 
     def has(self, table: str) -> bool:
@@ -91,16 +91,21 @@ def config_classes() -> dict[str, type]:
     from .quantize import QuantizeConfig
     from .train import TrainConfig
 
-    return {"teacher": TrainConfig, "student": DistillConfig, "prune": PruneConfig,
-            "export": ExportConfig, "quantize": QuantizeConfig, "bench": BenchConfig}
+    return {
+        "teacher": TrainConfig,
+        "student": DistillConfig,
+        "prune": PruneConfig,
+        "export": ExportConfig,
+        "quantize": QuantizeConfig,
+        "bench": BenchConfig,
+    }
 
 
 def load_recipe(path: str | Path, data: str | None = None, out: str | None = None) -> Recipe:
     """Read and check ``path``; ``data`` / ``out`` override the recipe's (as the CLI flags do)."""
     path = Path(path)
     if not path.is_file():
-        raise CompressError(f"recipe {path} does not exist; give the path of a .toml file "
-                            "(see recipes/ for examples)")
+        raise CompressError(f"recipe {path} does not exist; give the path of a .toml file (see recipes/ for examples)")
     try:
         text = path.read_text()
         raw = tomllib.loads(text)
@@ -112,8 +117,7 @@ def load_recipe(path: str | Path, data: str | None = None, out: str | None = Non
 
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
-            raise where.error(None, key, f"unknown key {key!r}; a recipe has "
-                              f"{', '.join(sorted(TOP_LEVEL_KEYS))}")
+            raise where.error(None, key, f"unknown key {key!r}; a recipe has {', '.join(sorted(TOP_LEVEL_KEYS))}")
     for key in ("name", "out", "data"):
         if key in raw and not isinstance(raw[key], str):
             raise where.error(None, key, f"{key} must be a string, got {_toml_type(raw[key])}")
@@ -126,12 +130,14 @@ def load_recipe(path: str | Path, data: str | None = None, out: str | None = Non
 
     name = _expand(raw.get("name", path.stem), where, None, "name")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise where.error(None, "name", f"name {name!r} must be a plain folder name "
-                          "(letters, digits, . _ -); use out = PATH for another place")
+        raise where.error(
+            None,
+            "name",
+            f"name {name!r} must be a plain folder name (letters, digits, . _ -); use out = PATH for another place",
+        )
     out_dir = Path(out) if out else Path(_expand(raw.get("out", f"runs/{name}"), where, None, "out"))
     if out_dir.exists() and not out_dir.is_dir():
-        raise where.error(None, "out", f"the run folder {out_dir} exists and is not a folder; "
-                          "choose another out")
+        raise where.error(None, "out", f"the run folder {out_dir} exists and is not a folder; choose another out")
     data_spec = data or _expand(raw.get("data", _default("teacher", "data")), where, None, "data")
     _check_data(data_spec, where)
 
@@ -140,31 +146,44 @@ def load_recipe(path: str | Path, data: str | None = None, out: str | None = Non
     if "path" in teacher:
         others = sorted(set(teacher) - {"path"})
         if others:
-            raise where.error("teacher", others[0], "[teacher] takes either path = FILE (an existing "
-                              "teacher) or the settings to train one, not both; remove "
-                              f"{', '.join(others)} or path")
+            raise where.error(
+                "teacher",
+                others[0],
+                "[teacher] takes either path = FILE (an existing "
+                "teacher) or the settings to train one, not both; remove "
+                f"{', '.join(others)} or path",
+            )
         if not isinstance(teacher["path"], str):
             raise where.error("teacher", "path", f"path must be a string, got {_toml_type(teacher['path'])}")
         teacher_path = Path(_expand(teacher.pop("path"), where, "teacher", "path"))
         if teacher_path.suffix not in TEACHER_SUFFIXES:
-            raise where.error("teacher", "path", f"teacher {teacher_path} must be a compress checkpoint "
-                              "(.pt) or an ONNX model (.onnx): the bench compares against it in ONNX "
-                              "Runtime")
+            raise where.error(
+                "teacher",
+                "path",
+                f"teacher {teacher_path} must be a compress checkpoint "
+                "(.pt) or an ONNX model (.onnx): the bench compares against it in ONNX "
+                "Runtime",
+            )
         if not teacher_path.is_file():
             raise where.error("teacher", "path", f"teacher {teacher_path} does not exist; check the path")
         if teacher_path.suffix == ".pt" and not manifest_path(teacher_path).is_file():
-            raise where.error("teacher", "path", f"teacher {teacher_path} has no manifest "
-                              f"({manifest_path(teacher_path).name}), so it is not a compress checkpoint "
-                              "the pipeline can export for the bench; export it to ONNX yourself and "
-                              "give path = TEACHER.onnx")
+            raise where.error(
+                "teacher",
+                "path",
+                f"teacher {teacher_path} has no manifest "
+                f"({manifest_path(teacher_path).name}), so it is not a compress checkpoint "
+                "the pipeline can export for the bench; export it to ONNX yourself and "
+                "give path = TEACHER.onnx",
+            )
         del tables["teacher"]
     tables.setdefault("student", {})
     tables.setdefault("export", {})
     tables.setdefault("bench", {})
     for table, settings in tables.items():
         _check_table(table, settings, where)
-    return Recipe(path=path, name=name, out=out_dir, data=data_spec, teacher_path=teacher_path,
-                  tables=tables, locator=where)
+    return Recipe(
+        path=path, name=name, out=out_dir, data=data_spec, teacher_path=teacher_path, tables=tables, locator=where
+    )
 
 
 def _default(table: str, key: str) -> Any:
@@ -179,16 +198,21 @@ def _check_table(table: str, settings: dict[str, Any], where: _Locator) -> None:
     owned = PIPELINE_KEYS[table]
     for key, value in list(settings.items()):
         if key in owned:
-            raise where.error(table, key, f"[{table}] {key} is set by the pipeline (each stage reads "
-                              "what the one before wrote in the run folder); remove it")
+            raise where.error(
+                table,
+                key,
+                f"[{table}] {key} is set by the pipeline (each stage reads "
+                "what the one before wrote in the run folder); remove it",
+            )
         if key not in hints:
             valid = ", ".join(sorted(set(hints) - owned))
             raise where.error(table, key, f"unknown key {key!r} in [{table}]; valid keys: {valid}")
         if isinstance(value, str):
             value = _expand(value, where, table, key)
         if not _matches(value, hints[key]):
-            raise where.error(table, key, f"[{table}] {key} must be {_describe(hints[key])}, "
-                              f"got {_toml_type(value)} {value!r}")
+            raise where.error(
+                table, key, f"[{table}] {key} must be {_describe(hints[key])}, got {_toml_type(value)} {value!r}"
+            )
         settings[key] = float(value) if hints[key] is float else value
 
 
@@ -224,19 +248,28 @@ def _describe(hint: Any) -> str:
 
 
 def _toml_type(value: Any) -> str:
-    return {bool: "a boolean", int: "a whole number", float: "a number", str: "a string",
-            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "a whole number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
 
 
 def _expand(value: str, where: _Locator, table: str | None, key: str) -> str:
     """``${VAR}`` -> the environment variable VAR (an error naming it when unset)."""
+
     def lookup(match: re.Match) -> str:
         variable = match.group(1)
         if variable not in os.environ:
             alternative = " or pass --data" if key == "data" else ""
-            raise where.error(table, key, f"{key} uses ${{{variable}}}, which is not set; "
-                              f"export {variable}=...{alternative}")
+            raise where.error(
+                table, key, f"{key} uses ${{{variable}}}, which is not set; export {variable}=...{alternative}"
+            )
         return os.environ[variable]
+
     return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lookup, value)
 
 
@@ -246,11 +279,13 @@ def _check_data(spec: str, where: _Locator) -> None:
     if kind == "digits" and not sep:
         return
     if kind not in ("mnist", "fashion-mnist", "npz", "folder") or not location:
-        raise where.error(None, "data", f"data {spec!r} is not a data source; use digits, mnist:DIR, "
-                          "fashion-mnist:DIR, npz:FILE or folder:DIR")
+        raise where.error(
+            None,
+            "data",
+            f"data {spec!r} is not a data source; use digits, mnist:DIR, fashion-mnist:DIR, npz:FILE or folder:DIR",
+        )
     if not Path(location).expanduser().exists():
-        raise where.error(None, "data", f"data {spec!r}: {location} does not exist; check the path "
-                          "(or pass --data)")
+        raise where.error(None, "data", f"data {spec!r}: {location} does not exist; check the path (or pass --data)")
 
 
 def data_files(spec: str) -> list[Path]:
@@ -276,7 +311,7 @@ class _Locator:
             stripped = line.split("#", 1)[0].strip()
             header = re.fullmatch(r"\[\s*([^\[\]]+?)\s*\]", stripped)
             if header:
-                current = header.group(1).strip('"\'')
+                current = header.group(1).strip("\"'")
                 if table is None and current == key:
                     return number
                 continue

@@ -25,16 +25,16 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 3e-3
-    optimizer: str = "adamw"            # adamw | sgd
-    momentum: float = 0.9               # sgd only
+    optimizer: str = "adamw"  # adamw | sgd
+    momentum: float = 0.9  # sgd only
     weight_decay: float = 5e-4
-    schedule: str = "onecycle"          # onecycle | cosine | constant (per step)
+    schedule: str = "onecycle"  # onecycle | cosine | constant (per step)
     label_smoothing: float = 0.0
-    augment: str = "none"               # none | shift (random ±2 px shifts on 28x28 images)
+    augment: str = "none"  # none | shift (random ±2 px shifts on 28x28 images)
     val_fraction: float = 0.1
     split_seed: int = 0
     seed: int = 0
-    device: str = "auto"                # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda
     resume: bool = False
 
 

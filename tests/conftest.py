@@ -9,6 +9,11 @@ def wide_npz(tmp_path):
     """npz data of 10x10 images: the wrong shape for models trained on the 8x8 digits."""
     path = tmp_path / "wide.npz"
     rng = np.random.default_rng(0)
-    np.savez(path, x_train=rng.integers(0, 255, (20, 1, 10, 10), dtype=np.uint8), y_train=np.arange(20) % 10,
-             x_test=rng.integers(0, 255, (10, 1, 10, 10), dtype=np.uint8), y_test=np.arange(10))
+    np.savez(
+        path,
+        x_train=rng.integers(0, 255, (20, 1, 10, 10), dtype=np.uint8),
+        y_train=np.arange(20) % 10,
+        x_test=rng.integers(0, 255, (10, 1, 10, 10), dtype=np.uint8),
+        y_test=np.arange(10),
+    )
     return path

@@ -29,8 +29,11 @@ QUICK = dict(batch_sizes=[1, 8], threads=[1], warmup=1, min_runs=7, min_seconds=
 def models(tmp_path_factory):
     """An MLP on digits as fp32 ONNX and its dynamic int8 version."""
     folder = tmp_path_factory.mktemp("bench")
-    train(TrainConfig(model="mlp", model_args={"hidden": [64]}, data="digits", out=str(folder / "m.pt"),
-                      epochs=5, device="cpu"))
+    train(
+        TrainConfig(
+            model="mlp", model_args={"hidden": [64]}, data="digits", out=str(folder / "m.pt"), epochs=5, device="cpu"
+        )
+    )
     export(ExportConfig(checkpoint=str(folder / "m.pt"), out=str(folder / "m.onnx")))
     quantize(QuantizeConfig(model=str(folder / "m.onnx"), out=str(folder / "m.int8.onnx"), mode="dynamic"))
     return folder / "m.onnx", folder / "m.int8.onnx"
@@ -39,15 +42,30 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def report_dir(models, tmp_path_factory):
     folder = tmp_path_factory.mktemp("report") / "report"
-    main_args = ["bench", str(models[0]), str(models[1]), "--report", str(folder), "--batch-sizes", "1,8",
-                 "--threads", "1", "--warmup", "1", "--min-runs", "7", "--min-time", "0.07"]
+    main_args = [
+        "bench",
+        str(models[0]),
+        str(models[1]),
+        "--report",
+        str(folder),
+        "--batch-sizes",
+        "1,8",
+        "--threads",
+        "1",
+        "--warmup",
+        "1",
+        "--min-runs",
+        "7",
+        "--min-time",
+        "0.07",
+    ]
     main(main_args)
     return folder
 
 
 def test_median_interval_matches_the_binomial_order_statistics():
     assert median_ci(np.arange(1, 101)) == (40.0, 61.0)  # Le Boudec, table A.1: n = 100 -> 40, 61
-    assert median_ci(np.arange(1, 8)) == (1.0, 7.0)       # 7 samples: only the range has 95%
+    assert median_ci(np.arange(1, 8)) == (1.0, 7.0)  # 7 samples: only the range has 95%
     assert median_ci(np.arange(1, 2001)) == (956.0, 1045.0)
     assert median_ci([3.0]) == (3.0, 3.0)
 
@@ -104,6 +122,7 @@ def test_markdown_and_html_show_the_table_and_the_plot(report_dir):
         def handle_starttag(self, tag, attrs):
             if tag == "img":
                 self.sources.append(dict(attrs)["src"])
+
     page = (report_dir / "report.html").read_text()
     parser = Images()
     parser.feed(page)
@@ -152,17 +171,20 @@ def run_cli(args, capsys):
     return exit_info.value.code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "does not exist"),
-    ("unknown_provider", "unknown provider 'tpu'"),
-    ("unavailable_provider", "is not available in this onnxruntime build"),
-    ("wrong_shape", "but npz:"),
-    ("bad_batch", "batch sizes must be at least 1"),
-    ("no_report", "pass --report DIR"),
-    ("no_models", "no models given"),
-    ("zero_samples", "--accuracy-samples must be at least 1"),
-    ("report_is_a_file", "is a file"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "does not exist"),
+        ("unknown_provider", "unknown provider 'tpu'"),
+        ("unavailable_provider", "is not available in this onnxruntime build"),
+        ("wrong_shape", "but npz:"),
+        ("bad_batch", "batch sizes must be at least 1"),
+        ("no_report", "pass --report DIR"),
+        ("no_models", "no models given"),
+        ("zero_samples", "--accuracy-samples must be at least 1"),
+        ("report_is_a_file", "is a file"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_no_report(models, tmp_path, wide_npz, capsys, case, message):
     if case == "unavailable_provider" and HAS_CUDA:
         pytest.skip("this machine has the CUDA provider")
@@ -191,13 +213,14 @@ def test_bad_input_is_one_line_exit_2_and_no_report(models, tmp_path, wide_npz, 
     assert code == 2
     error_lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1 and message in error_lines[0]
-    assert (report.is_file() if case == "report_is_a_file" else not report.exists())
+    assert report.is_file() if case == "report_is_a_file" else not report.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_the_baseline_is_measured_even_when_not_listed(models, tmp_path):
-    report = bench(BenchConfig(models=[str(models[1])], baseline=str(models[0]), report=str(tmp_path / "r"),
-                               memory=False, **QUICK))
+    report = bench(
+        BenchConfig(models=[str(models[1])], baseline=str(models[0]), report=str(tmp_path / "r"), memory=False, **QUICK)
+    )
     assert report["baseline"] == "m.onnx" and [m["name"] for m in report["models"]] == ["m.onnx", "m.int8.onnx"]
 
 
@@ -210,8 +233,16 @@ def test_a_single_model_is_timed_alone(models, tmp_path):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime's CUDA execution provider and an NVIDIA GPU")
 @pytest.mark.parametrize("include_copies", [False, True])
 def test_cuda_provider_with_iobinding(models, tmp_path, include_copies):
-    report = bench(BenchConfig(models=[str(m) for m in models], report=str(tmp_path / "r"),
-                               providers=["cpu", "cuda"], include_copies=include_copies, memory=False, **QUICK))
+    report = bench(
+        BenchConfig(
+            models=[str(m) for m in models],
+            report=str(tmp_path / "r"),
+            providers=["cpu", "cuda"],
+            include_copies=include_copies,
+            memory=False,
+            **QUICK,
+        )
+    )
     cuda = report["models"][0]["providers"]["cuda"]
     assert cuda["placement"] and "CUDAExecutionProvider" in cuda["placement"]
     assert report["session"]["io_binding"] is (not include_copies)

@@ -14,11 +14,16 @@ from PIL import Image
 from compress.data import DATA_SOURCES_HELP, Preprocessing, load_dataset
 from compress.errors import CompressError
 
-IDX_NAMES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
-             "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+IDX_NAMES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
     """Write a uint8 IDX file (magic 0x0803 for 3-D images, 0x0801 for 1-D labels)."""
@@ -34,12 +39,15 @@ def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
 
 def idx_arrays(n_train: int = 30, n_test: int = 12, hw: tuple[int, int] = (5, 4), seed: int = 0):
     rng = np.random.default_rng(seed)
-    return {"x_train": rng.integers(0, 256, (n_train, *hw)), "y_train": np.arange(n_train) % 10,
-            "x_test": rng.integers(0, 256, (n_test, *hw)), "y_test": np.arange(n_test) % 10}
+    return {
+        "x_train": rng.integers(0, 256, (n_train, *hw)),
+        "y_train": np.arange(n_train) % 10,
+        "x_test": rng.integers(0, 256, (n_test, *hw)),
+        "y_test": np.arange(n_test) % 10,
+    }
 
 
-def make_idx_dir(directory: Path, arrays: dict | None = None, gz: bool = False,
-                 dotted: bool = False) -> Path:
+def make_idx_dir(directory: Path, arrays: dict | None = None, gz: bool = False, dotted: bool = False) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for key, array in (arrays or idx_arrays()).items():
         name = IDX_NAMES[key].replace("-idx", ".idx") if dotted else IDX_NAMES[key]
@@ -48,9 +56,12 @@ def make_idx_dir(directory: Path, arrays: dict | None = None, gz: bool = False,
 
 
 def make_npz(path: Path, **arrays) -> str:
-    defaults = {"x_train": np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32),
-                "y_train": np.arange(40) % 3, "x_test": np.ones((9, 6), np.float32),
-                "y_test": np.arange(9) % 3}
+    defaults = {
+        "x_train": np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32),
+        "y_train": np.arange(40) % 3,
+        "x_test": np.ones((9, 6), np.float32),
+        "y_test": np.arange(9) % 3,
+    }
     np.savez(path, **{k: v for k, v in {**defaults, **arrays}.items() if v is not None})
     return f"npz:{path}"
 
@@ -63,8 +74,7 @@ def make_folder(root: Path, rgb_file: bool = False) -> Path:
             (root / split / cls).mkdir(parents=True)
             for i in range(count):
                 size = (8, 8) if split == "test" and i == 1 else (4, 6)  # (H, W)
-                Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(
-                    root / split / cls / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(root / split / cls / f"{i}.png")
     if rgb_file:
         Image.new("RGB", (6, 4), (255, 0, 0)).save(root / "train" / "dog" / "9.jpg")
     return root
@@ -75,6 +85,7 @@ def identity(features: int) -> Preprocessing:
 
 
 # --- sources ---------------------------------------------------------------------------------
+
 
 def test_digits_loads():
     ds = load_dataset("digits")
@@ -125,14 +136,19 @@ def test_fashion_mnist_labels(tmp_path):
     assert ds.labels[0] == "T-shirt/top" and ds.labels[9] == "Ankle boot"
 
 
-@pytest.mark.parametrize("shape,in_shape,layout", [
-    ((20, 5, 4), (1, 5, 4), "NCHW"), ((20, 3, 5, 4), (3, 5, 4), "NCHW"), ((20, 7), (7,), "NF")])
+@pytest.mark.parametrize(
+    "shape,in_shape,layout",
+    [((20, 5, 4), (1, 5, 4), "NCHW"), ((20, 3, 5, 4), (3, 5, 4), "NCHW"), ((20, 7), (7,), "NF")],
+)
 def test_npz_shapes(tmp_path, shape, in_shape, layout):
     rng = np.random.default_rng(0)
-    spec = make_npz(tmp_path / "d.npz", x_train=rng.integers(0, 256, shape, dtype=np.uint8),
-                    y_train=np.arange(20) % 4,
-                    x_test=rng.integers(0, 256, (6, *shape[1:]), dtype=np.uint8),
-                    y_test=np.arange(6) % 4)
+    spec = make_npz(
+        tmp_path / "d.npz",
+        x_train=rng.integers(0, 256, shape, dtype=np.uint8),
+        y_train=np.arange(20) % 4,
+        x_test=rng.integers(0, 256, (6, *shape[1:]), dtype=np.uint8),
+        y_test=np.arange(6) % 4,
+    )
     ds = load_dataset(spec)
     assert ds.name == "npz" and ds.in_shape == in_shape and ds.preprocessing.layout == layout
     assert ds.preprocessing.scale == 1 / 255 and len(ds.preprocessing.mean) == in_shape[0]
@@ -167,14 +183,19 @@ def test_folder_rgb_when_any_image_is_colour(tmp_path):
 
 # --- preprocessing ---------------------------------------------------------------------------
 
+
 def test_preprocessing_fitted_on_train_split_only(tmp_path):
     rng = np.random.default_rng(1)
     x_train = rng.normal(3.0, 2.0, (50, 4))
-    spec = make_npz(tmp_path / "d.npz", x_train=x_train, y_train=np.zeros(50, int),
-                    x_test=rng.normal(100.0, 9.0, (10, 4)), y_test=np.zeros(10, int))
+    spec = make_npz(
+        tmp_path / "d.npz",
+        x_train=x_train,
+        y_train=np.zeros(50, int),
+        x_test=rng.normal(100.0, 9.0, (10, 4)),
+        y_test=np.zeros(10, int),
+    )
     ds = load_dataset(spec, val_fraction=0.2, split_seed=3)
-    raw_train = load_dataset(spec, val_fraction=0.2, split_seed=3,
-                             preprocessing=identity(4)).x_train
+    raw_train = load_dataset(spec, val_fraction=0.2, split_seed=3, preprocessing=identity(4)).x_train
     np.testing.assert_allclose(ds.preprocessing.mean, raw_train.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(ds.preprocessing.std, raw_train.std(axis=0), rtol=1e-6)
     assert not np.allclose(ds.preprocessing.mean, x_train.mean(axis=0))  # val excluded
@@ -198,17 +219,20 @@ def test_preprocessing_dict_round_trip():
     assert again == prep
 
 
-@pytest.mark.parametrize("record,match", [
-    ([1, 2], "expected a mapping"),
-    ({"layout": "NCHW", "scale": 1.0, "mean": [0.0]}, "missing std"),
-    ({"layout": "NHWC", "scale": 1.0, "mean": [0.0], "std": [1.0]}, "layout"),
-    ({"layout": "NF", "scale": 0, "mean": [0.0], "std": [1.0]}, "scale"),
-    ({"layout": "NF", "scale": "1", "mean": [0.0], "std": [1.0]}, "scale"),
-    ({"layout": "NF", "scale": 1.0, "mean": [], "std": []}, "mean"),
-    ({"layout": "NF", "scale": 1.0, "mean": ["a"], "std": [1.0]}, "mean"),
-    ({"layout": "NF", "scale": 1.0, "mean": [0.0, 1.0], "std": [1.0]}, "2 entries"),
-    ({"layout": "NF", "scale": 1.0, "mean": [0.0], "std": [0.0]}, "not positive"),
-])
+@pytest.mark.parametrize(
+    "record,match",
+    [
+        ([1, 2], "expected a mapping"),
+        ({"layout": "NCHW", "scale": 1.0, "mean": [0.0]}, "missing std"),
+        ({"layout": "NHWC", "scale": 1.0, "mean": [0.0], "std": [1.0]}, "layout"),
+        ({"layout": "NF", "scale": 0, "mean": [0.0], "std": [1.0]}, "scale"),
+        ({"layout": "NF", "scale": "1", "mean": [0.0], "std": [1.0]}, "scale"),
+        ({"layout": "NF", "scale": 1.0, "mean": [], "std": []}, "mean"),
+        ({"layout": "NF", "scale": 1.0, "mean": ["a"], "std": [1.0]}, "mean"),
+        ({"layout": "NF", "scale": 1.0, "mean": [0.0, 1.0], "std": [1.0]}, "2 entries"),
+        ({"layout": "NF", "scale": 1.0, "mean": [0.0], "std": [0.0]}, "not positive"),
+    ],
+)
 def test_preprocessing_from_dict_rejects_malformed(record, match):
     with pytest.raises(CompressError, match=f"malformed preprocessing record: .*{match}"):
         Preprocessing.from_dict(record)
@@ -224,10 +248,13 @@ def test_given_preprocessing_applied_as_is(tmp_path):
     np.testing.assert_allclose(ds.x_test, (raw.x_test * 2.0 - 1.0) / 4.0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("given,match", [
-    (Preprocessing(layout="NF", scale=1.0, mean=[0.0] * 5, std=[1.0] * 5), "5 features"),
-    (Preprocessing(layout="NCHW", scale=1.0, mean=[0.0], std=[1.0]), "NCHW samples"),
-])
+@pytest.mark.parametrize(
+    "given,match",
+    [
+        (Preprocessing(layout="NF", scale=1.0, mean=[0.0] * 5, std=[1.0] * 5), "5 features"),
+        (Preprocessing(layout="NCHW", scale=1.0, mean=[0.0], std=[1.0]), "NCHW samples"),
+    ],
+)
 def test_given_preprocessing_must_fit(tmp_path, given, match):
     with pytest.raises(CompressError, match=f"{match}.*shape \\(6,\\)"):
         load_dataset(make_npz(tmp_path / "d.npz"), preprocessing=given)
@@ -243,10 +270,16 @@ def test_apply_rejects_wrong_shape():
 
 # --- splits and fingerprints -----------------------------------------------------------------
 
+
 def index_npz(tmp_path: Path, n: int = 50) -> str:
     """Each training sample's one feature is its own index, so splits can be traced."""
-    return make_npz(tmp_path / "idx.npz", x_train=np.arange(n, dtype=np.float64)[:, None],
-                    y_train=np.zeros(n, int), x_test=np.zeros((3, 1)), y_test=np.zeros(3, int))
+    return make_npz(
+        tmp_path / "idx.npz",
+        x_train=np.arange(n, dtype=np.float64)[:, None],
+        y_train=np.zeros(n, int),
+        x_test=np.zeros((3, 1)),
+        y_test=np.zeros(3, int),
+    )
 
 
 def test_split_deterministic_disjoint_and_complete(tmp_path):
@@ -270,10 +303,16 @@ def test_val_fraction_zero_and_minimum_one(tmp_path):
     assert len(load_dataset(spec, val_fraction=0.001).y_val) == 1
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"val_fraction": 0.9}, "validation fraction"), ({"val_fraction": -0.1}, "validation"),
-    ({"val_fraction": float("nan")}, "validation"), ({"split_seed": -1}, "split seed"),
-    ({"split_seed": 1.5}, "split seed")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"val_fraction": 0.9}, "validation fraction"),
+        ({"val_fraction": -0.1}, "validation"),
+        ({"val_fraction": float("nan")}, "validation"),
+        ({"split_seed": -1}, "split seed"),
+        ({"split_seed": 1.5}, "split seed"),
+    ],
+)
 def test_bad_split_arguments(kwargs, match):
     with pytest.raises(CompressError, match=match):
         load_dataset("digits", **kwargs)
@@ -293,10 +332,16 @@ def test_fingerprint_stable_and_content_sensitive(tmp_path):
 def test_describe_is_json_summary(tmp_path):
     ds = load_dataset(f"mnist:{make_idx_dir(tmp_path / 'm')}", val_fraction=0.2, split_seed=4)
     summary = json.loads(json.dumps(ds.describe()))
-    assert summary == {"spec": f"mnist:{tmp_path / 'm'}", "name": "mnist",
-                       "fingerprint": ds.fingerprint, "num_classes": 10, "in_shape": [1, 5, 4],
-                       "val_fraction": 0.2, "split_seed": 4,
-                       "sizes": {"train": 24, "val": 6, "test": 12}}
+    assert summary == {
+        "spec": f"mnist:{tmp_path / 'm'}",
+        "name": "mnist",
+        "fingerprint": ds.fingerprint,
+        "num_classes": 10,
+        "in_shape": [1, 5, 4],
+        "val_fraction": 0.2,
+        "split_seed": 4,
+        "sizes": {"train": 24, "val": 6, "test": 12},
+    }
 
 
 def test_help_names_every_source():
@@ -306,12 +351,16 @@ def test_help_names_every_source():
 
 # --- errors ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec,match", [
-    ("cifar:/x", "unknown data source 'cifar'.*digits, mnist:DIR, fashion-mnist:DIR, npz:FILE"),
-    ("mnist", "needs a path; use mnist:DIR"),
-    ("npz:", "needs a path; use npz:FILE"),
-    ("digits:/x", "takes no path"),
-])
+
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("cifar:/x", "unknown data source 'cifar'.*digits, mnist:DIR, fashion-mnist:DIR, npz:FILE"),
+        ("mnist", "needs a path; use mnist:DIR"),
+        ("npz:", "needs a path; use npz:FILE"),
+        ("digits:/x", "takes no path"),
+    ],
+)
 def test_bad_spec(spec, match):
     with pytest.raises(CompressError, match=match):
         load_dataset(spec)
@@ -329,8 +378,10 @@ def test_missing_paths(tmp_path):
 def test_missing_idx_file_is_named(tmp_path):
     directory = make_idx_dir(tmp_path / "m", gz=True)
     (directory / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(CompressError, match="no t10k-labels-idx1-ubyte .*expected the IDX files "
-                                            "train-images-idx3-ubyte, train-labels-idx1-ubyte"):
+    with pytest.raises(
+        CompressError,
+        match="no t10k-labels-idx1-ubyte .*expected the IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte",
+    ):
         load_dataset(f"mnist:{directory}")
 
 
@@ -380,22 +431,25 @@ def test_corrupt_gzip(tmp_path):
         load_dataset(f"mnist:{directory}")
 
 
-@pytest.mark.parametrize("arrays,match", [
-    ({"y_train": -(np.arange(40) % 3)}, "train label -1 is out of range"),
-    ({"labels": np.array(["a", "b"])}, "train label 2 is out of range for 2 classes"),
-    ({"y_train": np.linspace(0, 2, 40)}, "y_train holds non-integer labels"),
-    ({"y_test": np.array(["a"] * 9)}, "y_test holds non-integer labels"),
-    ({"x_test": np.zeros((0, 6)), "y_test": np.zeros(0, int)}, "test set has no samples"),
-    ({"y_test": None}, "lacks y_test .*needs x_train, y_train, x_test, y_test"),
-    ({"y_train": np.arange(39) % 3}, "x_train has 40 samples but y_train has 39"),
-    ({"x_train": np.zeros(40)}, "x_train has shape \\(40,\\); expected"),
-    ({"x_train": np.zeros((40, 1, 1, 2, 2))}, "x_train has shape"),
-    ({"y_train": np.zeros((40, 1), int)}, "y_train has shape"),
-    ({"x_test": np.ones((9, 5))}, "x_test samples have \\(5,\\)"),
-    ({"x_train": np.full((40, 6), np.nan)}, "x_train contains NaN or infinite"),
-    ({"x_test": np.full((9, 6), np.inf)}, "x_test contains NaN or infinite"),
-    ({"x_train": np.full((40, 6), "a")}, "x_train has dtype"),
-])
+@pytest.mark.parametrize(
+    "arrays,match",
+    [
+        ({"y_train": -(np.arange(40) % 3)}, "train label -1 is out of range"),
+        ({"labels": np.array(["a", "b"])}, "train label 2 is out of range for 2 classes"),
+        ({"y_train": np.linspace(0, 2, 40)}, "y_train holds non-integer labels"),
+        ({"y_test": np.array(["a"] * 9)}, "y_test holds non-integer labels"),
+        ({"x_test": np.zeros((0, 6)), "y_test": np.zeros(0, int)}, "test set has no samples"),
+        ({"y_test": None}, "lacks y_test .*needs x_train, y_train, x_test, y_test"),
+        ({"y_train": np.arange(39) % 3}, "x_train has 40 samples but y_train has 39"),
+        ({"x_train": np.zeros(40)}, "x_train has shape \\(40,\\); expected"),
+        ({"x_train": np.zeros((40, 1, 1, 2, 2))}, "x_train has shape"),
+        ({"y_train": np.zeros((40, 1), int)}, "y_train has shape"),
+        ({"x_test": np.ones((9, 5))}, "x_test samples have \\(5,\\)"),
+        ({"x_train": np.full((40, 6), np.nan)}, "x_train contains NaN or infinite"),
+        ({"x_test": np.full((9, 6), np.inf)}, "x_test contains NaN or infinite"),
+        ({"x_train": np.full((40, 6), "a")}, "x_train has dtype"),
+    ],
+)
 def test_npz_errors(tmp_path, arrays, match):
     with pytest.raises(CompressError, match=match):
         load_dataset(make_npz(tmp_path / "d.npz", **arrays))
@@ -446,10 +500,13 @@ def test_folder_structure_errors(tmp_path):
 
 # --- real data -------------------------------------------------------------------------------
 
+
 def test_real_mnist():
     directory = os.environ.get("COMPRESS_MNIST_DIR", "/work/shared/data/mnist")
-    if not Path(directory, "train-images-idx3-ubyte.gz").exists() and \
-            not Path(directory, "train-images-idx3-ubyte").exists():
+    if (
+        not Path(directory, "train-images-idx3-ubyte.gz").exists()
+        and not Path(directory, "train-images-idx3-ubyte").exists()
+    ):
         pytest.skip(f"real MNIST not found in {directory} (set COMPRESS_MNIST_DIR to its folder)")
     ds = load_dataset(f"mnist:{directory}")
     assert ds.in_shape == (1, 28, 28)

@@ -26,8 +26,7 @@ def trained(tmp_path_factory, spec, **model_args):
     """A one-epoch checkpoint on digits: real weights and a real manifest, made in seconds."""
     name = spec.rsplit(":", 1)[-1].replace("-", "_")
     out = tmp_path_factory.mktemp(name) / f"{name}.pt"
-    train(TrainConfig(model=spec, model_args=model_args, data="digits", out=str(out), epochs=1,
-                      device="cpu"))
+    train(TrainConfig(model=spec, model_args=model_args, data="digits", out=str(out), epochs=1, device="cpu"))
     return out
 
 
@@ -59,8 +58,12 @@ def test_manifest_carries_spec_preprocessing_labels_and_parity(student_pt, stude
     source = json.loads(manifest_path(student_pt).read_text())
     manifest = json.loads(manifest_path(student_onnx).read_text())
     assert manifest["stage"] == "export"
-    assert manifest["input_spec"] == {"name": "input", "shape": [None, 1, 8, 8], "dtype": "float32",
-                                      "dynamic_axes": {"0": "batch"}}
+    assert manifest["input_spec"] == {
+        "name": "input",
+        "shape": [None, 1, 8, 8],
+        "dtype": "float32",
+        "dynamic_axes": {"0": "batch"},
+    }
     assert manifest["preprocessing"] == source["preprocessing"]
     assert manifest["labels"] == source["labels"] and manifest["data"] == source["data"]
     assert manifest["inputs"][0]["role"] == "checkpoint"
@@ -92,16 +95,16 @@ def test_static_batch_fixes_the_axis(student_pt, tmp_path):
 @pytest.mark.parametrize("level", ["basic", "extended", "all"])
 def test_runtime_optimisation_levels_pass_parity(student_pt, tmp_path, exporter, level):
     out = tmp_path / "optimised.onnx"
-    manifest = export(ExportConfig(checkpoint=str(student_pt), out=str(out), exporter=exporter,
-                                   optimize=level))
+    manifest = export(ExportConfig(checkpoint=str(student_pt), out=str(out), exporter=exporter, optimize=level))
     assert manifest["onnx"]["optimize"] == level and manifest["parity"]["top1_agreement"] == 1.0
 
 
 def test_transformer_optimizer_fuses_attention(tmp_path_factory):
     checkpoint = trained(tmp_path_factory, f"{FACTORIES}:tiny_transformer")
     out = checkpoint.with_suffix(".onnx")
-    manifest = export(ExportConfig(checkpoint=str(checkpoint), out=str(out), transformer="bert",
-                                   num_heads=4, hidden_size=32))
+    manifest = export(
+        ExportConfig(checkpoint=str(checkpoint), out=str(out), transformer="bert", num_heads=4, hidden_size=32)
+    )
     assert "Attention" in manifest["onnx"]["op_types"]
     assert manifest["parity"]["max_abs_diff"] < 1e-4
 
@@ -137,8 +140,7 @@ def test_batch_size_baked_in_by_tracing_is_caught(tmp_path_factory):
 def test_failed_export_keeps_the_earlier_good_one(student_pt, student_onnx, tmp_path):
     before = student_onnx.read_bytes(), manifest_path(student_onnx).read_text()
     with pytest.raises(CompressError, match="parity check failed"):
-        export(ExportConfig(checkpoint=str(student_pt), out=str(student_onnx), atol=0, rtol=0,
-                            parity_samples=63))
+        export(ExportConfig(checkpoint=str(student_pt), out=str(student_onnx), atol=0, rtol=0, parity_samples=63))
     assert (student_onnx.read_bytes(), manifest_path(student_onnx).read_text()) == before
 
 
@@ -157,18 +159,20 @@ def test_cli_export_prints_parity_and_paths(student_pt, tmp_path, capsys):
     assert f"wrote {out}" in text and f"wrote {manifest_path(out)}" in text
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "does not exist"),
-    ("not_a_checkpoint", "is not a readable compress checkpoint"),
-    ("opset_too_new", "newer than the installed onnxruntime runs"),
-    ("opset_too_old", "writes opsets 18..23"),
-    ("not_onnx_suffix", "must end in .onnx"),
-    ("wrong_data_shape", "takes samples of shape [1, 8, 8]"),
-    ("no_manifest_no_data", "has no manifest naming its data"),
-    ("no_manifest_no_preprocessing", "--preprocessing fit"),
-])
-def test_bad_input_is_one_line_exit_2_and_nothing_written(student_pt, tmp_path, wide_npz, capsys, case,
-                                                           message):
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "does not exist"),
+        ("not_a_checkpoint", "is not a readable compress checkpoint"),
+        ("opset_too_new", "newer than the installed onnxruntime runs"),
+        ("opset_too_old", "writes opsets 18..23"),
+        ("not_onnx_suffix", "must end in .onnx"),
+        ("wrong_data_shape", "takes samples of shape [1, 8, 8]"),
+        ("no_manifest_no_data", "has no manifest naming its data"),
+        ("no_manifest_no_preprocessing", "--preprocessing fit"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_nothing_written(student_pt, tmp_path, wide_npz, capsys, case, message):
     checkpoint, out, extra = str(student_pt), tmp_path / "out.onnx", []
     if case == "missing":
         checkpoint = str(tmp_path / "nope.pt")

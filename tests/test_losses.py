@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from compress.distill.losses import (distillation_loss, hard_label_ce, hint_loss, logit_mse,
-                                     soft_target_kl)
+from compress.distill.losses import distillation_loss, hard_label_ce, hint_loss, logit_mse, soft_target_kl
 
 
 def softmax(values):
@@ -20,8 +19,9 @@ def kl(p, q):
 
 def test_soft_target_kl_matches_hand_computed_value_scaled_by_t_squared():
     teacher, student, temperature = [2.0, 0.0, -1.0], [0.5, 0.5, 0.0], 2.0
-    expected = kl(softmax([t / temperature for t in teacher]),
-                  softmax([s / temperature for s in student])) * temperature ** 2
+    expected = (
+        kl(softmax([t / temperature for t in teacher]), softmax([s / temperature for s in student])) * temperature**2
+    )
     got = soft_target_kl(torch.tensor([student]), torch.tensor([teacher]), temperature)
     assert got.item() == pytest.approx(expected, rel=1e-6)
 

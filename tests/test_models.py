@@ -12,8 +12,15 @@ from torch import nn
 
 from compress.errors import CompressError
 from compress.models import ZOO
-from compress.modelspec import (ZOO_HELP, build_model, canonical_spec, count_params, list_layers,
-                                parse_model_args, resolve_factory)
+from compress.modelspec import (
+    ZOO_HELP,
+    build_model,
+    canonical_spec,
+    count_params,
+    list_layers,
+    parse_model_args,
+    resolve_factory,
+)
 
 IMAGE_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 CASES = [(name, shape) for name in ZOO for shape in IMAGE_SHAPES] + [("mlp", (64,))]
@@ -42,9 +49,16 @@ def test_zoo_exports_to_onnx(name, shape, tmp_path):
     torch.manual_seed(0)
     model = build_model(name, shape, 7).eval()
     path = tmp_path / "model.onnx"
-    torch.onnx.export(model, (torch.zeros(1, *shape),), str(path), dynamo=False,
-                      opset_version=17, input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, *shape),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 3):
         x = torch.randn(batch, *shape)
@@ -57,8 +71,7 @@ def test_zoo_exports_to_onnx(name, shape, tmp_path):
 def test_settings_change_param_counts():
     assert _params("mlp", hidden=[1200, 1200]) > _params("mlp") > _params("mlp", hidden=[30, 30])
     assert _params("mlp-1200") == _params("mlp", hidden=[1200, 1200])
-    assert _params("resnet20", width=32) > _params("resnet20") > _params("resnet14") \
-        > _params("resnet8")
+    assert _params("resnet20", width=32) > _params("resnet20") > _params("resnet14") > _params("resnet8")
     assert _params("resnet", blocks=3) == _params("resnet20")
     assert _params("cnn", channels=[8, 16], hidden=32) < _params("cnn")
 
@@ -78,15 +91,21 @@ def test_top_level_names():
     assert children("mlp") == ["flatten", "input_dropout", "fc1", "fc2", "out"]
 
 
-@pytest.mark.parametrize("pairs,expected", [
-    (["hidden=1200,1200", "dropout=0.5", "name=foo", "flag=true"],
-     {"hidden": [1200, 1200], "dropout": 0.5, "name": "foo", "flag": True}),
-    (["a=FALSE", "b=None", "c=[1, (2, 3)]", "d=16"],
-     {"a": False, "b": None, "c": [1, [2, 3]], "d": 16}),
-    ([" width = 32 ", "path=/tmp/x.py", "empty=", "s={1, 2}", "eq=a=b"],
-     {"width": 32, "path": "/tmp/x.py", "empty": "", "s": "{1, 2}", "eq": "a=b"}),
-    ([], {}),
-])
+@pytest.mark.parametrize(
+    "pairs,expected",
+    [
+        (
+            ["hidden=1200,1200", "dropout=0.5", "name=foo", "flag=true"],
+            {"hidden": [1200, 1200], "dropout": 0.5, "name": "foo", "flag": True},
+        ),
+        (["a=FALSE", "b=None", "c=[1, (2, 3)]", "d=16"], {"a": False, "b": None, "c": [1, [2, 3]], "d": 16}),
+        (
+            [" width = 32 ", "path=/tmp/x.py", "empty=", "s={1, 2}", "eq=a=b"],
+            {"width": 32, "path": "/tmp/x.py", "empty": "", "s": "{1, 2}", "eq": "a=b"},
+        ),
+        ([], {}),
+    ],
+)
 def test_parse_model_args(pairs, expected):
     assert parse_model_args(pairs) == expected
 
@@ -110,12 +129,16 @@ def test_resolve_module_spec():
 
 def test_file_spec_resolves_and_canonical_is_absolute(tmp_path, monkeypatch):
     (tmp_path / "models").mkdir()
-    _write(tmp_path, "models/net.py", """
+    _write(
+        tmp_path,
+        "models/net.py",
+        """
         from torch import nn
 
         def tiny(in_shape, num_classes, width=4):
             return nn.Sequential(nn.Linear(in_shape[0], width), nn.Linear(width, num_classes))
-        """)
+        """,
+    )
     monkeypatch.chdir(tmp_path)
     spec = canonical_spec("models/net.py:tiny")
     assert spec == f"{(tmp_path / 'models' / 'net.py').resolve()}:tiny"
@@ -131,10 +154,8 @@ def test_list_layers():
     layers = list_layers(model, (3, 32, 32))
     assert all(m.training for m in model.modules())
     names = [layer["name"] for layer in layers]
-    assert [n for n in names if "." not in n] == \
-        ["stem", "layer1", "layer2", "layer3", "pool", "flatten", "fc"]
-    assert names.index("layer1") < names.index("layer1.0") < names.index("layer1.0.conv1") \
-        < names.index("layer2")
+    assert [n for n in names if "." not in n] == ["stem", "layer1", "layer2", "layer3", "pool", "flatten", "fc"]
+    assert names.index("layer1") < names.index("layer1.0") < names.index("layer1.0.conv1") < names.index("layer2")
     by_name = {layer["name"]: layer for layer in layers}
     assert by_name["layer1"]["output_shape"] == [16, 32, 32]
     assert by_name["layer2"]["output_shape"] == [32, 16, 16]
@@ -157,56 +178,78 @@ def test_list_layers_mlp_and_unused_module():
             return self.used(x)
 
     model = Unused().eval()
-    assert [(layer["name"], layer["output_shape"]) for layer in list_layers(model, (4,))] == \
-        [("used", [2]), ("spare", None)]
+    assert [(layer["name"], layer["output_shape"]) for layer in list_layers(model, (4,))] == [
+        ("used", [2]),
+        ("spare", None),
+    ]
     assert not any(m.training for m in model.modules())
 
 
-@pytest.mark.parametrize("source,tail,message", [
-    ("raise RuntimeError('boom')\n", ":f",
-     r"broken\.py failed to import \(RuntimeError: boom\); fix"),
-    ("x = 1\n", ":missing", r"has no attribute 'missing'"),
-    ("f = 3\n", ":f", r"'f' in file .* is a int, not callable"),
-    ("def f(in_shape, num_classes):\n    return 3\n", ":f",
-     r"returned a int, not a torch\.nn\.Module"),
-    ("from torch import nn\ndef f(in_shape, num_classes):\n    return nn.Linear(5, 3)\n", ":f",
-     r"fails on a zeros input of shape \(1, 1, 8, 8\) \(RuntimeError: .*\); check the input"),
-    ("from torch import nn\ndef f(in_shape, num_classes):\n    return nn.Flatten()\n", ":f",
-     r"outputs \(1, 64\) for an input of shape \(1, 1, 8, 8\), expected \(1, 3\)"),
-    ("def f(in_shape, num_classes):\n    raise ValueError('bad size')\n", ":f",
-     r"could not be built .* \(ValueError: bad size\); check the model arguments"),
-])
+@pytest.mark.parametrize(
+    "source,tail,message",
+    [
+        ("raise RuntimeError('boom')\n", ":f", r"broken\.py failed to import \(RuntimeError: boom\); fix"),
+        ("x = 1\n", ":missing", r"has no attribute 'missing'"),
+        ("f = 3\n", ":f", r"'f' in file .* is a int, not callable"),
+        ("def f(in_shape, num_classes):\n    return 3\n", ":f", r"returned a int, not a torch\.nn\.Module"),
+        (
+            "from torch import nn\ndef f(in_shape, num_classes):\n    return nn.Linear(5, 3)\n",
+            ":f",
+            r"fails on a zeros input of shape \(1, 1, 8, 8\) \(RuntimeError: .*\); check the input",
+        ),
+        (
+            "from torch import nn\ndef f(in_shape, num_classes):\n    return nn.Flatten()\n",
+            ":f",
+            r"outputs \(1, 64\) for an input of shape \(1, 1, 8, 8\), expected \(1, 3\)",
+        ),
+        (
+            "def f(in_shape, num_classes):\n    raise ValueError('bad size')\n",
+            ":f",
+            r"could not be built .* \(ValueError: bad size\); check the model arguments",
+        ),
+    ],
+)
 def test_file_spec_errors(tmp_path, source, tail, message):
     path = _write(tmp_path, "broken.py", source)
     with pytest.raises(CompressError, match=message):
         build_model(f"{path}{tail}", (1, 8, 8), 3)
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("resnet99", r"unknown model 'resnet99'; use a zoo name \(mlp, .*resnet8.*\), "
-                 r"'path/to/file\.py:factory'"),
-    ("nowhere/net.py:f", r"model file .*nowhere/net\.py not found; check the path"),
-    ("no_such_module_xyz:f",
-     r"module 'no_such_module_xyz' failed to import \(ModuleNotFoundError: .*PYTHONPATH"),
-    ("compress.models.mlp:nothing", r"module compress\.models\.mlp has no attribute 'nothing'"),
-    ("compress.models:ZOO", r"'ZOO' in module compress\.models is a dict, not callable"),
-    ("net.py:", r"does not name a file or module and a factory"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        (
+            "resnet99",
+            r"unknown model 'resnet99'; use a zoo name \(mlp, .*resnet8.*\), "
+            r"'path/to/file\.py:factory'",
+        ),
+        ("nowhere/net.py:f", r"model file .*nowhere/net\.py not found; check the path"),
+        ("no_such_module_xyz:f", r"module 'no_such_module_xyz' failed to import \(ModuleNotFoundError: .*PYTHONPATH"),
+        ("compress.models.mlp:nothing", r"module compress\.models\.mlp has no attribute 'nothing'"),
+        ("compress.models:ZOO", r"'ZOO' in module compress\.models is a dict, not callable"),
+        ("net.py:", r"does not name a file or module and a factory"),
+    ],
+)
 def test_spec_errors(spec, message):
     with pytest.raises(CompressError, match=message):
         resolve_factory(spec)
 
 
-@pytest.mark.parametrize("spec,args,message", [
-    ("mlp", {"foo": 1},
-     r"^model 'mlp' does not accept argument 'foo' \(it takes: hidden, dropout, input_dropout\)"),
-    ("resnet8", {"blocks": 2}, r"does not accept argument 'blocks' \(it takes: width\)"),
-    ("mlp", {"hidden": "wide"}, r"hidden must be positive integers, got 'wide'; write it like"),
-    ("mlp", {"dropout": 1.5}, r"dropout must be a number in \[0, 1\)"),
-    ("resnet", {"width": 0}, r"width must be a positive integer"),
-    ("cnn", {"channels": [8, 8, 8, 8]},
-     r"halves the image 4 times, too often for 8x8 input; give fewer"),
-])
+@pytest.mark.parametrize(
+    "spec,args,message",
+    [
+        (
+            "mlp",
+            {"foo": 1},
+            r"^model 'mlp' does not accept argument 'foo' \(it takes: hidden, dropout, input_dropout\)",
+        ),
+        ("resnet8", {"blocks": 2}, r"does not accept argument 'blocks' \(it takes: width\)"),
+        ("mlp", {"hidden": "wide"}, r"hidden must be positive integers, got 'wide'; write it like"),
+        ("mlp", {"dropout": 1.5}, r"dropout must be a number in \[0, 1\)"),
+        ("resnet", {"width": 0}, r"width must be a positive integer"),
+        ("cnn", {"channels": [8, 8, 8, 8]}, r"halves the image 4 times, too often for 8x8 input; give fewer"),
+    ],
+)
 def test_bad_model_args(spec, args, message):
     with pytest.raises(CompressError, match=message):
         build_model(spec, (1, 8, 8), 10, args)

@@ -5,9 +5,9 @@ import textwrap
 
 import pytest
 import torch
+from test_cli import run_cli
 
 from compress.loop import Fit
-from test_cli import run_cli
 
 TINY = """\
 name = "tiny"
@@ -150,7 +150,9 @@ def test_an_interrupted_distillation_resumes_and_ends_as_an_uninterrupted_run(in
 def test_a_given_teacher_and_a_prune_table_add_the_pruned_variants(in_tmp, capsys):
     assert run_cli(capsys, "run", str(write_recipe(in_tmp)))[0] == 0
     teacher = in_tmp / "runs" / "tiny" / "teacher.pt"
-    recipe = write_recipe(in_tmp, f"""\
+    recipe = write_recipe(
+        in_tmp,
+        f"""\
         name = "pruned"
         [teacher]
         path = "{teacher}"
@@ -170,38 +172,56 @@ def test_a_given_teacher_and_a_prune_table_add_the_pruned_variants(in_tmp, capsy
         min_runs = 7
         min_seconds = 0.02
         memory = false
-        """, name="pruned.toml")
+        """,
+        name="pruned.toml",
+    )
     status, out, err = run_cli(capsys, "run", str(recipe))
     assert status == 0, err
     log = run_log(in_tmp / "runs" / "pruned")
-    assert list(log["stages"]) == ["distill", "export-teacher", "export-student", "prune", "export-pruned",
-                                   "quantize", "bench"]
-    assert [v["variant"] for v in log["variants"]] == ["teacher", "student", "student pruned",
-                                                      "student pruned int8"]
+    assert list(log["stages"]) == [
+        "distill",
+        "export-teacher",
+        "export-student",
+        "prune",
+        "export-pruned",
+        "quantize",
+        "bench",
+    ]
+    assert [v["variant"] for v in log["variants"]] == ["teacher", "student", "student pruned", "student pruned int8"]
     student, pruned = log["variants"][1], log["variants"][2]
     assert pruned["params"] < student["params"]
     assert (in_tmp / "runs" / "pruned" / "student.pruned.int8.onnx").is_file()
 
 
-@pytest.mark.parametrize("recipe, message", [
-    ('name = "x"\ncolour = "red"\n', r"recipe.toml, line 2: unknown key 'colour'"),
-    ('[student]\nepochs = 3\ntemprature = 4.0\n', r"line 3: unknown key 'temprature' in \[student\]; valid keys: .*temperature"),
-    ('[student]\nepochs = "three"\n', r"line 2: \[student\] epochs must be a whole number, got a string 'three'"),
-    ('[bench]\nbatch_sizes = [1, "64"]\n', r"line 2: \[bench\] batch_sizes must be a list of whole numbers"),
-    ('[quantize]\nper_channel = 1\n', r"line 2: \[quantize\] per_channel must be true or false"),
-    ('[teacher]\npath = "missing.pt"\n', r"line 2: teacher missing.pt does not exist"),
-    ('[teacher]\npath = "t.pt"\nepochs = 3\n', r"line 3: \[teacher\] takes either path = FILE"),
-    ('[teacher]\npath = "recipe.toml"\n', r"line 2: teacher recipe.toml must be a compress checkpoint \(.pt\) or an ONNX"),
-    ('[student]\nout = "s.pt"\n', r"line 2: \[student\] out is set by the pipeline"),
-    ('data = "mnist:/no/such/dir"\n', r"line 1: data 'mnist:/no/such/dir': /no/such/dir does not exist"),
-    ('data = "mnist:${NO_SUCH_VARIABLE_SET}"\n', r"line 1: data uses \$\{NO_SUCH_VARIABLE_SET\}, which is not set"),
-    ('student = 3\n', r"line 1: student must be a table"),
-    ('[student\nepochs = 3\n', r"not valid TOML: .*line 1"),
-    ('name = "../elsewhere"\n', r"name '../elsewhere' must be a plain folder name"),
-    ('[prune]\namount = 1.5\n', r"line 2: \[prune\] amount is the fraction to remove"),
-])
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        ('name = "x"\ncolour = "red"\n', r"recipe.toml, line 2: unknown key 'colour'"),
+        (
+            "[student]\nepochs = 3\ntemprature = 4.0\n",
+            r"line 3: unknown key 'temprature' in \[student\]; valid keys: .*temperature",
+        ),
+        ('[student]\nepochs = "three"\n', r"line 2: \[student\] epochs must be a whole number, got a string 'three'"),
+        ('[bench]\nbatch_sizes = [1, "64"]\n', r"line 2: \[bench\] batch_sizes must be a list of whole numbers"),
+        ("[quantize]\nper_channel = 1\n", r"line 2: \[quantize\] per_channel must be true or false"),
+        ('[teacher]\npath = "missing.pt"\n', r"line 2: teacher missing.pt does not exist"),
+        ('[teacher]\npath = "t.pt"\nepochs = 3\n', r"line 3: \[teacher\] takes either path = FILE"),
+        (
+            '[teacher]\npath = "recipe.toml"\n',
+            r"line 2: teacher recipe.toml must be a compress checkpoint \(.pt\) or an ONNX",
+        ),
+        ('[student]\nout = "s.pt"\n', r"line 2: \[student\] out is set by the pipeline"),
+        ('data = "mnist:/no/such/dir"\n', r"line 1: data 'mnist:/no/such/dir': /no/such/dir does not exist"),
+        ('data = "mnist:${NO_SUCH_VARIABLE_SET}"\n', r"line 1: data uses \$\{NO_SUCH_VARIABLE_SET\}, which is not set"),
+        ("student = 3\n", r"line 1: student must be a table"),
+        ("[student\nepochs = 3\n", r"not valid TOML: .*line 1"),
+        ('name = "../elsewhere"\n', r"name '../elsewhere' must be a plain folder name"),
+        ("[prune]\namount = 1.5\n", r"line 2: \[prune\] amount is the fraction to remove"),
+    ],
+)
 def test_an_invalid_recipe_is_one_line_naming_the_key_and_its_line_before_anything_runs(
-        in_tmp, capsys, recipe, message):
+    in_tmp, capsys, recipe, message
+):
     import re
 
     path = write_recipe(in_tmp, recipe)
@@ -244,8 +264,9 @@ def test_one_run_at_a_time_per_folder_and_a_killed_runs_lock_is_taken_over(in_tm
     assert f"another compress run (process {os.getpid()}) is using runs/tiny" in err
     assert not (run / "run.json").exists()
 
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     (run / "run.lock").write_text(gone)  # its process has ended
     status, _, err = run_cli(capsys, "run", str(write_recipe(in_tmp)))
     assert status == 0, err

@@ -87,15 +87,18 @@ def test_cli_prints_before_after_and_paths(checkpoints, tmp_path, capsys):
     assert json.loads(manifest_path(out).read_text())["pruning"]["before"]["params"] > 0
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--amount", "1.0"], "between 0 and 1"),
-    (["--amount", "0.5", "--target-macs", "0.5"], "exactly one of"),
-    ([], "exactly one of"),
-    (["--target-params", "1.5"], "fraction of the original to keep"),
-    (["--amount", "0.5", "--round-to", "0"], "--round-to must be at least 1"),
-    (["--target-params", "0.1", "--unstructured"], "--unstructured takes --amount"),
-    (["--target-params", "0.001", "--round-to", "8"], "cannot be reached"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--amount", "1.0"], "between 0 and 1"),
+        (["--amount", "0.5", "--target-macs", "0.5"], "exactly one of"),
+        ([], "exactly one of"),
+        (["--target-params", "1.5"], "fraction of the original to keep"),
+        (["--amount", "0.5", "--round-to", "0"], "--round-to must be at least 1"),
+        (["--target-params", "0.1", "--unstructured"], "--unstructured takes --amount"),
+        (["--target-params", "0.001", "--round-to", "8"], "cannot be reached"),
+    ],
+)
 def test_impossible_requests_are_refused_and_nothing_written(checkpoints, tmp_path, capsys, args, message):
     out = tmp_path / "out.pt"
     with pytest.raises(SystemExit) as exit_info:
@@ -109,12 +112,15 @@ def test_impossible_requests_are_refused_and_nothing_written(checkpoints, tmp_pa
 def test_a_model_the_dependency_graph_cannot_follow_is_named(tmp_path):
     checkpoint = tmp_path / "fixed.pt"
     factories = Path(__file__).parent / "factories" / "custom_models.py"
-    train(TrainConfig(model=f"{factories}:fixed_channel_view", data="digits", out=str(checkpoint), epochs=1,
-                      device="cpu"))
+    train(
+        TrainConfig(model=f"{factories}:fixed_channel_view", data="digits", out=str(checkpoint), epochs=1, device="cpu")
+    )
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(CompressError, match="fails at layer 'fc'.*nothing was written"):
-        prune(PruneConfig(checkpoint=str(checkpoint), out=str(tmp_path / "o.pt"), amount=0.5, epochs=1,
-                          device="cpu"), log=lambda line: None)
+        prune(
+            PruneConfig(checkpoint=str(checkpoint), out=str(tmp_path / "o.pt"), amount=0.5, epochs=1, device="cpu"),
+            log=lambda line: None,
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 

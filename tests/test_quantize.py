@@ -28,8 +28,9 @@ ARM = CpuInfo("test", "aarch64", 2, frozenset({"asimd", "asimddp"}))
 def exported(tmp_path_factory, name, model, epochs, **model_args):
     folder = tmp_path_factory.mktemp(name)
     checkpoint = folder / f"{name}.pt"
-    train(TrainConfig(model=model, model_args=model_args, data="digits", out=str(checkpoint),
-                      epochs=epochs, device="cpu"))
+    train(
+        TrainConfig(model=model, model_args=model_args, data="digits", out=str(checkpoint), epochs=epochs, device="cpu")
+    )
     out = folder / f"{name}.onnx"
     export(ExportConfig(checkpoint=str(checkpoint), out=str(out)))
     return out
@@ -55,8 +56,11 @@ def outlier_mlp_onnx(tmp_path_factory):
     """
     folder = tmp_path_factory.mktemp("outlier")
     checkpoint = folder / "outlier.pt"
-    train(TrainConfig(model="mlp", model_args={"hidden": [64, 64]}, data="digits", out=str(checkpoint),
-                      epochs=8, device="cpu"))
+    train(
+        TrainConfig(
+            model="mlp", model_args={"hidden": [64, 64]}, data="digits", out=str(checkpoint), epochs=8, device="cpu"
+        )
+    )
     state = torch.load(checkpoint, weights_only=True)
     pre = json.loads(manifest_path(checkpoint).read_text())["preprocessing"]
     corner = (0.0 - pre["mean"][0]) / pre["std"][0]  # the corner pixel after normalisation
@@ -124,9 +128,8 @@ def test_tight_budget_keeps_sensitive_nodes_in_float_and_is_met(outlier_mlp_onnx
     q, metrics = manifest["quantization"], manifest["metrics"]
     assert not q["over_budget"] and metrics["accuracy_drop_points"] <= 0.5
     ranked = [entry["node"] for entry in q["sensitivity"]]
-    assert len(ranked) == 3 and q["excluded_nodes"] == ranked[:len(q["excluded_nodes"])]
-    first_layer = next(n.name for n in onnx.load(str(outlier_mlp_onnx)).graph.node
-                       if n.op_type in ("Gemm", "MatMul"))
+    assert len(ranked) == 3 and q["excluded_nodes"] == ranked[: len(q["excluded_nodes"])]
+    first_layer = next(n.name for n in onnx.load(str(outlier_mlp_onnx)).graph.node if n.op_type in ("Gemm", "MatMul"))
     assert ranked[0] == first_layer == q["excluded_nodes"][0]
     assert q["coverage"]["float_compute"] == len(q["excluded_nodes"]) < 3
 
@@ -155,11 +158,19 @@ def test_search_keeps_the_fastest_setting_within_budget(mlp_onnx, tmp_path):
     within = [r for r in records if r["accuracy_drop_points"] <= 1.0]
     fastest = max(within, key=lambda r: r["speedup"])
     q = manifest["quantization"]
-    chosen = next(r for r in records if (r["mode"], r["format"], r["activation_type"], r["per_channel"])
-                  == (q["mode"], q["format"], q["activation_type"], q["per_channel"]))
+    chosen = next(
+        r
+        for r in records
+        if (r["mode"], r["format"], r["activation_type"], r["per_channel"])
+        == (q["mode"], q["format"], q["activation_type"], q["per_channel"])
+    )
     default = choose_settings(config(mlp_onnx, tmp_path), X86_VNNI)
-    is_default = (q["mode"], q["format"], q["activation_type"], q["per_channel"]) == \
-        (default.mode, default.format, default.activation_type, default.per_channel)
+    is_default = (q["mode"], q["format"], q["activation_type"], q["per_channel"]) == (
+        default.mode,
+        default.format,
+        default.activation_type,
+        default.per_channel,
+    )
     # the fastest, or the default setting when it is within the fastest's round-to-round spread
     assert chosen is fastest or (is_default and chosen["speedup"] >= fastest["speedup_range"][0])
 
@@ -174,8 +185,10 @@ def test_types_are_chosen_for_the_cpu_with_reasons():
     arm = choose_settings(base, ARM)
     assert (arm.activation_type, arm.weight_type, arm.reduce_range) == ("s8", "s8", False)
     with pytest.raises(CompressError, match="slow on x86-64"):
-        choose_settings(QuantizeConfig(model="m", out="o.onnx", format="qoperator", activation_type="s8",
-                                       weight_type="s8"), X86_VNNI)
+        choose_settings(
+            QuantizeConfig(model="m", out="o.onnx", format="qoperator", activation_type="s8", weight_type="s8"),
+            X86_VNNI,
+        )
     assert not any(s.format == "qoperator" and s.activation_type == "s8" for s in search_space(vnni, X86_VNNI))
     assert any(s.format == "qoperator" and s.activation_type == "s8" for s in search_space(arm, ARM))
 
@@ -201,21 +214,31 @@ def test_cli_prints_choices_accuracy_latency_and_paths(mlp_onnx, tmp_path, capsy
     out = tmp_path / "cli.int8.onnx"
     main(["quantize", str(mlp_onnx), "--out", str(out), "--calibration-samples", "64"])
     text = capsys.readouterr().out
-    for expected in ("settings: static, qdq, activations", "why:", "accuracy (val): fp32",
-                     "latency (batch 64, p50)", "size:", f"wrote {out}", f"wrote {manifest_path(out)}"):
+    for expected in (
+        "settings: static, qdq, activations",
+        "why:",
+        "accuracy (val): fp32",
+        "latency (batch 64, p50)",
+        "size:",
+        f"wrote {out}",
+        f"wrote {manifest_path(out)}",
+    ):
         assert expected in text
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "does not exist"),
-    ("not_onnx", "is not a readable ONNX model"),
-    ("truncated", "is not a readable ONNX model"),
-    ("opset_too_new", "newer than onnxruntime runs"),
-    ("wrong_shape_data", "but npz:"),
-    ("no_manifest_static", "has no manifest naming its data"),
-    ("no_manifest_no_preprocessing", "--preprocessing"),
-    ("same_out", "must differ from the input model"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "does not exist"),
+        ("not_onnx", "is not a readable ONNX model"),
+        ("truncated", "is not a readable ONNX model"),
+        ("opset_too_new", "newer than onnxruntime runs"),
+        ("wrong_shape_data", "but npz:"),
+        ("no_manifest_static", "has no manifest naming its data"),
+        ("no_manifest_no_preprocessing", "--preprocessing"),
+        ("same_out", "must differ from the input model"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_nothing_written(mlp_onnx, tmp_path, wide_npz, capsys, case, message):
     model, out, extra = str(mlp_onnx), tmp_path / "out.onnx", []
     bare = tmp_path / "bare.onnx"
@@ -225,7 +248,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(mlp_onnx, tmp_path, wi
         Path(model := str(tmp_path / "junk.onnx")).write_text("hello")
     elif case == "truncated":
         data = mlp_onnx.read_bytes()
-        Path(model := str(tmp_path / "cut.onnx")).write_bytes(data[:len(data) // 2])
+        Path(model := str(tmp_path / "cut.onnx")).write_bytes(data[: len(data) // 2])
     elif case == "opset_too_new":
         proto = onnx.load(str(mlp_onnx))
         proto.opset_import[0].version = onnx.defs.onnx_opset_version()
@@ -250,8 +273,15 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(mlp_onnx, tmp_path, wi
 def test_model_without_manifest_quantizes_with_data_and_preprocessing(mlp_onnx, tmp_path):
     bare = tmp_path / "bare.onnx"
     bare.write_bytes(mlp_onnx.read_bytes())
-    manifest = quantize(QuantizeConfig(model=str(bare), out=str(tmp_path / "bare.int8.onnx"),
-                                       data="digits", preprocessing="fit", calibration_samples=64))
+    manifest = quantize(
+        QuantizeConfig(
+            model=str(bare),
+            out=str(tmp_path / "bare.int8.onnx"),
+            data="digits",
+            preprocessing="fit",
+            calibration_samples=64,
+        )
+    )
     assert manifest["data"]["spec"] == "digits" and manifest["metrics"]["accuracy_drop_points"] <= 1.0
 
 

@@ -26,8 +26,11 @@ def test_the_readme_gives_the_demo_and_the_tests_and_ci_runs_the_tests():
     assert "make test" in (REPO / ".ci" / "run").read_text()
 
 
-@pytest.mark.skipif(not os.environ.get(E2E), reason=f"runs the README's main command end to end "
-                    f"(minutes, installs if needed); set {E2E}=1 to run it, as CI does")
+@pytest.mark.skipif(
+    not os.environ.get(E2E),
+    reason=f"runs the README's main command end to end "
+    f"(minutes, installs if needed); set {E2E}=1 to run it, as CI does",
+)
 def test_the_readme_main_command_ends_with_a_report_and_a_second_run_skips_everything():
     command = readme_commands()[0]
     env = {k: v for k, v in os.environ.items() if k != E2E}

@@ -19,8 +19,15 @@ SMALL_MLP = {"hidden": [64]}
 
 
 def distill_config(tmp_path, teacher_path, name="student.pt", **overrides):
-    settings = dict(teacher=str(teacher_path), model="mlp", model_args=SMALL_MLP, data="digits",
-                    out=str(tmp_path / name), epochs=2, device="cpu")
+    settings = dict(
+        teacher=str(teacher_path),
+        model="mlp",
+        model_args=SMALL_MLP,
+        data="digits",
+        out=str(tmp_path / name),
+        epochs=2,
+        device="cpu",
+    )
     settings.update(overrides)
     return DistillConfig(**settings)
 
@@ -38,8 +45,7 @@ def assert_same_weights(a, b, atol=0.0):
 @pytest.fixture(scope="module")
 def teacher_pt(tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    train(TrainConfig(model="resnet8", model_args={"width": 8}, data="digits", out=str(out),
-                      epochs=3, device="cpu"))
+    train(TrainConfig(model="resnet8", model_args={"width": 8}, data="digits", out=str(out), epochs=3, device="cpu"))
     return out
 
 
@@ -50,8 +56,15 @@ def teacher_onnx(teacher_pt):
     path = teacher_pt.with_name("teacher_export.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (torch.zeros(1, 1, 8, 8),), str(path), input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(
+            model.eval(),
+            (torch.zeros(1, 1, 8, 8),),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}},
+            dynamo=False,
+        )
     return path
 
 
@@ -60,8 +73,9 @@ def test_train_writes_checkpoint_and_manifest(teacher_pt):
     metrics = manifest["metrics"]
     assert manifest["stage"] == "train"
     assert metrics["test_accuracy"] > 0.85
-    assert metrics["params"] == sum(v.numel() for k, v in weights(teacher_pt).items()
-                                    if "running" not in k and "num_batches" not in k)
+    assert metrics["params"] == sum(
+        v.numel() for k, v in weights(teacher_pt).items() if "running" not in k and "num_batches" not in k
+    )
     assert metrics["train_time_s"] > 0 and len(metrics["history"]) == 3
     assert manifest["config"]["model"] == "resnet8" and manifest["config"]["epochs"] == 3
     assert manifest["input_spec"]["shape"] == [None, 1, 8, 8]
@@ -74,8 +88,16 @@ def test_train_writes_checkpoint_and_manifest(teacher_pt):
 def test_training_is_deterministic_on_cpu(tmp_path):
     runs = []
     for name in ("a.pt", "b.pt"):
-        train(TrainConfig(model="mlp", model_args={"hidden": [32], "dropout": 0.2}, out=str(tmp_path / name),
-                          epochs=2, augment="shift", device="cpu"))
+        train(
+            TrainConfig(
+                model="mlp",
+                model_args={"hidden": [32], "dropout": 0.2},
+                out=str(tmp_path / name),
+                epochs=2,
+                augment="shift",
+                device="cpu",
+            )
+        )
         runs.append(weights(tmp_path / name))
     assert_same_weights(*runs)
 
@@ -99,9 +121,13 @@ def test_distill_from_onnx_teacher_with_student_from_file(tmp_path, teacher_onnx
         "import torch.nn as nn\n"
         "def tiny_cnn(in_shape, num_classes, width=8):\n"
         "    return nn.Sequential(nn.Conv2d(in_shape[0], width, 3, padding=1), nn.ReLU(),\n"
-        "                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, num_classes))\n")
-    manifest = distill(distill_config(tmp_path, teacher_onnx, model=f"{models_file}:tiny_cnn",
-                                      model_args={"width": 16}, epochs=3, lr=1e-2))
+        "                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, num_classes))\n"
+    )
+    manifest = distill(
+        distill_config(
+            tmp_path, teacher_onnx, model=f"{models_file}:tiny_cnn", model_args={"width": 16}, epochs=3, lr=1e-2
+        )
+    )
     assert manifest["metrics"]["teacher_kind"] == "onnx"
     assert manifest["metrics"]["teacher_test_accuracy"] > 0.85
     assert manifest["metrics"]["test_accuracy"] > 0.5
@@ -122,8 +148,9 @@ def test_distill_from_torchscript_teacher(tmp_path, teacher_pt):
 def test_hint_distillation_trains_a_projection_and_changes_the_student(tmp_path, teacher_pt):
     student = dict(model="cnn", model_args={"channels": [8, 16], "hidden": 32}, epochs=4, lr=1e-2)
     plain = distill(distill_config(tmp_path, teacher_pt, "plain.pt", **student))
-    hinted = distill(distill_config(tmp_path, teacher_pt, "hinted.pt", hints=["layer2:block2", "fc:head"],
-                                    beta=0.5, **student))
+    hinted = distill(
+        distill_config(tmp_path, teacher_pt, "hinted.pt", hints=["layer2:block2", "fc:head"], beta=0.5, **student)
+    )
     assert hinted["config"]["hints"] == ["layer2:block2", "fc:head"]
     assert hinted["metrics"]["test_accuracy"] > 0.5
     assert plain["metrics"]["history"][0]["loss"] != hinted["metrics"]["history"][0]["loss"]
@@ -144,8 +171,7 @@ def test_unknown_hint_layer_is_named(tmp_path, teacher_pt):
 @pytest.mark.parametrize("mode", ["memory", "disk"])
 def test_teacher_cache_gives_the_same_student_as_running_the_teacher(tmp_path, teacher_pt, mode):
     distill(distill_config(tmp_path, teacher_pt, "live.pt", teacher_cache="off", hints=["flatten:fc1"]))
-    cached = distill(distill_config(tmp_path, teacher_pt, "cached.pt", teacher_cache=mode,
-                                    hints=["flatten:fc1"]))
+    cached = distill(distill_config(tmp_path, teacher_pt, "cached.pt", teacher_cache=mode, hints=["flatten:fc1"]))
     assert cached["metrics"]["teacher_cache"] == mode
     # batched teacher runs may round differently in the last bits; nothing more
     assert_same_weights(weights(tmp_path / "live.pt"), weights(tmp_path / "cached.pt"), atol=1e-4)
@@ -197,27 +223,44 @@ def test_resume_without_an_interrupted_run_is_an_error(tmp_path, teacher_pt):
 
 def test_non_finite_loss_names_the_step_and_the_learning_rate(tmp_path):
     with pytest.raises(CompressError, match=r"epoch 1, step \d+ .*learning rate"):
-        train(TrainConfig(model="mlp", out=str(tmp_path / "m.pt"), optimizer="sgd", lr=1e12,
-                          schedule="constant", epochs=1, device="cpu"))
+        train(
+            TrainConfig(
+                model="mlp",
+                out=str(tmp_path / "m.pt"),
+                optimizer="sgd",
+                lr=1e12,
+                schedule="constant",
+                epochs=1,
+                device="cpu",
+            )
+        )
     assert not (tmp_path / "m.pt").exists()
 
 
 def test_teacher_that_does_not_fit_the_data_is_refused(tmp_path, teacher_pt):
     rng = np.random.default_rng(0)
     npz = tmp_path / "other.npz"
-    np.savez(npz, x_train=rng.random((40, 12, 12), dtype=np.float32), y_train=np.arange(40) % 10,
-             x_test=rng.random((20, 12, 12), dtype=np.float32), y_test=np.arange(20) % 10)
+    np.savez(
+        npz,
+        x_train=rng.random((40, 12, 12), dtype=np.float32),
+        y_train=np.arange(40) % 10,
+        x_test=rng.random((20, 12, 12), dtype=np.float32),
+        y_test=np.arange(20) % 10,
+    )
     with pytest.raises(CompressError, match=r"shape \[1, 8, 8\]"):
         distill(distill_config(tmp_path, teacher_pt, data=f"npz:{npz}"))
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"temperature": 0}, "--temperature"),
-    ({"alpha": 1.5}, "--alpha"),
-    ({"hints": ["layer2"]}, "TEACHER_LAYER:STUDENT_LAYER"),
-    ({"epochs": 0}, "--epochs"),
-    ({"teacher": ""}, "--teacher"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"temperature": 0}, "--temperature"),
+        ({"alpha": 1.5}, "--alpha"),
+        ({"hints": ["layer2"]}, "TEACHER_LAYER:STUDENT_LAYER"),
+        ({"epochs": 0}, "--epochs"),
+        ({"teacher": ""}, "--teacher"),
+    ],
+)
 def test_bad_settings_are_refused_before_any_work(tmp_path, teacher_pt, overrides, message):
     with pytest.raises(CompressError, match=message):
         distill(distill_config(tmp_path, teacher_pt, **overrides))

@@ -29,8 +29,8 @@ class LatencyStats:
     min_ms: float
     max_ms: float
     std_ms: float
-    cv: float                 # coefficient of variation: std / mean
-    throughput: float         # samples per second at the median latency
+    cv: float  # coefficient of variation: std / mean
+    throughput: float  # samples per second at the median latency
 
     @classmethod
     def from_times(cls, seconds: np.ndarray, batch_size: int) -> LatencyStats:
@@ -39,16 +39,27 @@ class LatencyStats:
             raise ValueError("no timed runs")
         mean, std = float(ms.mean()), float(ms.std(ddof=1)) if ms.size > 1 else 0.0
         p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
-        return cls(batch_size=batch_size, runs=int(ms.size), mean_ms=mean, p50_ms=p50, p90_ms=p90,
-                   p99_ms=p99, min_ms=float(ms.min()), max_ms=float(ms.max()), std_ms=std,
-                   cv=std / mean if mean > 0 else 0.0, throughput=batch_size * 1e3 / p50)
+        return cls(
+            batch_size=batch_size,
+            runs=int(ms.size),
+            mean_ms=mean,
+            p50_ms=p50,
+            p90_ms=p90,
+            p99_ms=p99,
+            min_ms=float(ms.min()),
+            max_ms=float(ms.max()),
+            std_ms=std,
+            cv=std / mean if mean > 0 else 0.0,
+            throughput=batch_size * 1e3 / p50,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def time_calls(call: Callable[[], object], warmup: int = 5, min_runs: int = 20,
-               min_seconds: float = 0.5, max_runs: int = 100_000) -> np.ndarray:
+def time_calls(
+    call: Callable[[], object], warmup: int = 5, min_runs: int = 20, min_seconds: float = 0.5, max_runs: int = 100_000
+) -> np.ndarray:
     """Seconds taken by each timed call of ``call`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         call()
@@ -80,9 +91,15 @@ class Comparison:
         return np.asarray(self.round_p50_ms[self.baseline]) / np.asarray(self.round_p50_ms[name])
 
 
-def compare(calls: dict[str, Callable[[], object]], baseline: str, batch_size: int,
-            rounds: int = 5, seconds_per_round: float = 0.2, min_runs_per_round: int = 5,
-            warmup: int = 5) -> Comparison:
+def compare(
+    calls: dict[str, Callable[[], object]],
+    baseline: str,
+    batch_size: int,
+    rounds: int = 5,
+    seconds_per_round: float = 0.2,
+    min_runs_per_round: int = 5,
+    warmup: int = 5,
+) -> Comparison:
     """Time every callable in ``rounds`` alternating rounds (order rotated each round)."""
     names = list(calls)
     for name in names:
@@ -90,11 +107,13 @@ def compare(calls: dict[str, Callable[[], object]], baseline: str, batch_size: i
             calls[name]()
     times: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            times[name].append(time_calls(calls[name], warmup=1, min_runs=min_runs_per_round,
-                                          min_seconds=seconds_per_round))
+            times[name].append(
+                time_calls(calls[name], warmup=1, min_runs=min_runs_per_round, min_seconds=seconds_per_round)
+            )
     stats = {n: LatencyStats.from_times(np.concatenate(times[n]), batch_size) for n in names}
     round_p50 = {n: [float(np.median(t)) * 1e3 for t in times[n]] for n in names}
-    return Comparison(stats=stats, round_p50_ms=round_p50, baseline=baseline,
-                      seconds={n: np.concatenate(times[n]) for n in names})
+    return Comparison(
+        stats=stats, round_p50_ms=round_p50, baseline=baseline, seconds={n: np.concatenate(times[n]) for n in names}
+    )

@@ -63,15 +63,39 @@ def table_rows(report: dict) -> list[list[str]]:
         m = models[r["model"]]
         acc = m["providers"][r["provider"]]
         delta = "" if m["baseline"] else f" ({acc['accuracy_delta_points']:+.2f})"
-        rows.append([r["model"], r["provider"], str(r["batch_size"]), str(r["threads"]),
-                     f"{m['params']:,}" if m["params"] else "–", f"{m['size_bytes'] / 1024:.0f}",
-                     f"{100 * acc['top1']:.2f}{delta}", f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}",
-                     f"{r['p99_ms']:.3f}", f"{r['throughput']:.0f}", _fmt_speedup(r)])
+        rows.append(
+            [
+                r["model"],
+                r["provider"],
+                str(r["batch_size"]),
+                str(r["threads"]),
+                f"{m['params']:,}" if m["params"] else "–",
+                f"{m['size_bytes'] / 1024:.0f}",
+                f"{100 * acc['top1']:.2f}{delta}",
+                f"{r['p50_ms']:.3f}",
+                f"{r['p90_ms']:.3f}",
+                f"{r['p99_ms']:.3f}",
+                f"{r['throughput']:.0f}",
+                _fmt_speedup(r),
+            ]
+        )
     return rows
 
 
-HEADER = ["model", "provider", "batch", "threads", "params", "KiB", "top-1 % (Δ pts)", "p50 ms",
-          "p90 ms", "p99 ms", "samples/s", "speed-up (95% CI)"]
+HEADER = [
+    "model",
+    "provider",
+    "batch",
+    "threads",
+    "params",
+    "KiB",
+    "top-1 % (Δ pts)",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "samples/s",
+    "speed-up (95% CI)",
+]
 
 
 def terminal_table(report: dict) -> str:
@@ -84,32 +108,50 @@ def _machine_lines(report: dict) -> list[str]:
     machine = report["machine"]
     cpu = machine["cpu"]
     memory = machine.get("memory_bytes")
-    lines = [f"- CPU: {cpu['model']}, {cpu['logical_cores']} logical cores, "
-             f"{cpu['architecture']}, flags: {', '.join(cpu['flags']) or 'unknown'}"
-             + (f"; memory {memory / 2**30:.1f} GiB" if memory else "")]
+    lines = [
+        f"- CPU: {cpu['model']}, {cpu['logical_cores']} logical cores, "
+        f"{cpu['architecture']}, flags: {', '.join(cpu['flags']) or 'unknown'}"
+        + (f"; memory {memory / 2**30:.1f} GiB" if memory else "")
+    ]
     for gpu in machine.get("gpus") or []:
         lines.append(f"- GPU: {gpu['name']}, driver {gpu['driver']}, {gpu['memory']}")
     software = machine["software"]
     lines.append("- Software: " + ", ".join(f"{k} {v}" for k, v in software.items()))
     s, t = report["session"], report["timing"]
-    lines.append(f"- Sessions: graph optimisation {s['graph_optimization']}, {s['execution_mode']} "
-                 f"execution, intra-op threads as in the table, inter-op threads {s['inter_op_threads']}"
-                 + (", GPU inputs/outputs bound on the device (IOBinding)" if s["io_binding"] else "")
-                 + (", GPU timings include host↔device copies" if s["include_copies"] else ""))
-    lines.append(f"- Timing: {t['warmup']} warm-up runs, then at least {t['min_runs']} runs and "
-                 f"{t['min_seconds']} s per model and configuration in {t['rounds']} rounds "
-                 f"alternating with the baseline; {int(100 * t['confidence'])}% intervals.")
+    lines.append(
+        f"- Sessions: graph optimisation {s['graph_optimization']}, {s['execution_mode']} "
+        f"execution, intra-op threads as in the table, inter-op threads {s['inter_op_threads']}"
+        + (", GPU inputs/outputs bound on the device (IOBinding)" if s["io_binding"] else "")
+        + (", GPU timings include host↔device copies" if s["include_copies"] else "")
+    )
+    lines.append(
+        f"- Timing: {t['warmup']} warm-up runs, then at least {t['min_runs']} runs and "
+        f"{t['min_seconds']} s per model and configuration in {t['rounds']} rounds "
+        f"alternating with the baseline; {int(100 * t['confidence'])}% intervals."
+    )
     return lines
 
 
 def markdown(report: dict) -> str:
     rows = table_rows(report)
-    lines = [f"## Latency and accuracy against `{report['baseline']}`", "",
-             f"Created {report['created']}.", "", *_machine_lines(report), "",
-             "| " + " | ".join(HEADER) + " |", "|" + " --- |" * len(HEADER)]
+    lines = [
+        f"## Latency and accuracy against `{report['baseline']}`",
+        "",
+        f"Created {report['created']}.",
+        "",
+        *_machine_lines(report),
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + " --- |" * len(HEADER),
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", "A speed-up whose interval contains 1 is marked *within noise*: no difference was shown.",
-              "", *_model_notes(report), ""]
+    lines += [
+        "",
+        "A speed-up whose interval contains 1 is marked *within noise*: no difference was shown.",
+        "",
+        *_model_notes(report),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -123,10 +165,13 @@ def _model_notes(report: dict) -> list[str]:
             if p.get("agreement_with_baseline") is not None and not m["baseline"]:
                 extra.append(f"agrees with the baseline on {100 * p['agreement_with_baseline']:.2f}%")
             if p.get("peak_memory_mb") is not None:
-                extra.append(f"peak RSS {p['peak_memory_mb']:.0f} MiB (the process held "
-                             f"{p['process_memory_mb']:.0f} MiB before loading the model)")
-            extra.append(f"session created in {1e3 * p['session_create_s']:.0f} ms, "
-                         f"first run {1e3 * p['first_run_s']:.1f} ms")
+                extra.append(
+                    f"peak RSS {p['peak_memory_mb']:.0f} MiB (the process held "
+                    f"{p['process_memory_mb']:.0f} MiB before loading the model)"
+                )
+            extra.append(
+                f"session created in {1e3 * p['session_create_s']:.0f} ms, first run {1e3 * p['first_run_s']:.1f} ms"
+            )
             if p.get("placement"):
                 placed = ", ".join(f"{n} nodes on {k}" for k, n in p["placement"].items())
                 extra.append(f"placement: {placed}")
@@ -138,8 +183,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats on both latency (lower) and accuracy (higher)."""
     front = []
     for i, (lat, acc) in enumerate(points):
-        dominated = any((l2 <= lat and a2 >= acc) and (l2 < lat or a2 > acc)
-                        for j, (l2, a2) in enumerate(points) if j != i)
+        dominated = any(
+            (l2 <= lat and a2 >= acc) and (l2 < lat or a2 > acc) for j, (l2, a2) in enumerate(points) if j != i
+        )
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: points[i][0])
@@ -151,6 +197,7 @@ def plot_png(report: dict) -> bytes:
     import io
 
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -165,13 +212,22 @@ def plot_png(report: dict) -> bytes:
             is_base.append(m["baseline"])
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for (lat, acc), label, base in zip(points, labels, is_base):
-        ax.scatter([lat], [acc], s=90 if base else 40, facecolors="none" if base else "C0",
-                   edgecolors="C3" if base else "C0", linewidths=2 if base else 1, zorder=3)
-        ax.annotate(label + (" — baseline" if base else ""), (lat, acc), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
+        ax.scatter(
+            [lat],
+            [acc],
+            s=90 if base else 40,
+            facecolors="none" if base else "C0",
+            edgecolors="C3" if base else "C0",
+            linewidths=2 if base else 1,
+            zorder=3,
+        )
+        ax.annotate(
+            label + (" — baseline" if base else ""), (lat, acc), textcoords="offset points", xytext=(6, 4), fontsize=8
+        )
     front = pareto_front(points)
-    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="C2",
-            label="Pareto front", zorder=2)
+    ax.plot(
+        [points[i][0] for i in front], [points[i][1] for i in front], "--", color="C2", label="Pareto front", zorder=2
+    )
     ax.set_xscale("log")
     ax.set_xlabel(f"p50 latency, ms (batch {batch}, {threads} thread{'s' if threads > 1 else ''}, log scale)")
     ax.set_ylabel("top-1 accuracy, %")
@@ -187,19 +243,21 @@ def plot_png(report: dict) -> bytes:
 
 def html_page(report: dict, png: bytes) -> str:
     """One self-contained file: inline CSS, the plot as a data URI, no network needed."""
+
     def cells(row, tag):
         return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row) + "</tr>"
+
     machine = "".join(f"<li>{html.escape(line[2:])}</li>" for line in _machine_lines(report))
     notes = "".join(f"<li>{html.escape(line[2:])}</li>" for line in _model_notes(report))
     table = cells(HEADER, "th") + "".join(cells(r, "td") for r in table_rows(report))
     image = base64.b64encode(png).decode("ascii")
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>compress bench: {html.escape(report['baseline'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>compress bench: {html.escape(report["baseline"])}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}
 table{{border-collapse:collapse;font-size:14px}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
 th{{background:#f3f3f3}}td:first-child,td:nth-child(2){{text-align:left}}</style></head>
-<body><h1>Latency and accuracy against {html.escape(report['baseline'])}</h1>
-<p>Created {html.escape(report['created'])}.</p><ul>{machine}</ul>
+<body><h1>Latency and accuracy against {html.escape(report["baseline"])}</h1>
+<p>Created {html.escape(report["created"])}.</p><ul>{machine}</ul>
 <table>{table}</table>
 <p>A speed-up whose interval contains 1 is marked <em>within noise</em>: no difference was shown.</p>
 <ul>{notes}</ul>
@@ -226,8 +284,10 @@ def load_report(path: str | Path) -> dict[str, Any]:
 def compare_reports(old: dict, new: dict) -> list[dict[str, Any]]:
     """Rows present in both reports, matched on model x provider x batch x threads, with a verdict:
     faster/slower only when the p50 intervals do not overlap."""
+
     def key(r):
         return (r["model"], r["provider"], r["batch_size"], r["threads"])
+
     before = {key(r): r for r in old["rows"]}
     changes = []
     for r in new["rows"]:
@@ -240,10 +300,20 @@ def compare_reports(old: dict, new: dict) -> list[dict[str, Any]]:
             word = "slower"
         else:
             word = "within noise"
-        changes.append({"model": r["model"], "provider": r["provider"], "batch_size": r["batch_size"],
-                        "threads": r["threads"], "old_p50_ms": o["p50_ms"], "new_p50_ms": r["p50_ms"],
-                        "ratio": o["p50_ms"] / r["p50_ms"], "verdict": word})
+        changes.append(
+            {
+                "model": r["model"],
+                "provider": r["provider"],
+                "batch_size": r["batch_size"],
+                "threads": r["threads"],
+                "old_p50_ms": o["p50_ms"],
+                "new_p50_ms": r["p50_ms"],
+                "ratio": o["p50_ms"] / r["p50_ms"],
+                "verdict": word,
+            }
+        )
     if not changes:
-        raise CompressError("the two reports share no model/provider/batch/threads row; compare "
-                            "reports of the same models")
+        raise CompressError(
+            "the two reports share no model/provider/batch/threads row; compare reports of the same models"
+        )
     return changes

@@ -30,19 +30,19 @@ ROUNDS = 7  # the min-max of 7 per-round speed-ups holds the median speed-up wit
 @dataclass
 class BenchConfig:
     models: list[str]
-    report: str                                  # folder for report.json / .md / .html / .png
-    baseline: str | None = None                  # default: the first model
-    data: str | None = None                      # default: each model's manifest data
-    preprocessing: str | None = None             # for models without a manifest
+    report: str  # folder for report.json / .md / .html / .png
+    baseline: str | None = None  # default: the first model
+    data: str | None = None  # default: each model's manifest data
+    preprocessing: str | None = None  # for models without a manifest
     providers: list[str] = field(default_factory=lambda: ["cpu"])
     batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
     threads: list[int] = field(default_factory=lambda: [1])
     warmup: int = 10
     min_runs: int = 50
-    min_seconds: float = 1.0                     # per model and configuration
+    min_seconds: float = 1.0  # per model and configuration
     optimization: str = "all"
-    include_copies: bool = False                 # GPU: time host<->device copies too
-    accuracy_samples: int | None = None          # default: the whole test split
+    include_copies: bool = False  # GPU: time host<->device copies too
+    accuracy_samples: int | None = None  # default: the whole test split
     memory: bool = True
     confidence: float = 0.95
 
@@ -106,15 +106,21 @@ def bench(config: BenchConfig, log: Callable[[str], None] = lambda line: None) -
                 "session_create_s": loaded.create_s,
                 "first_run_s": first,
                 **_accuracy(logits, y),
-                "placement": (node_placement(path, provider, max(config.threads), config.optimization,
-                                             _batch(x, 1)) if provider != "cpu" else None),
+                "placement": (
+                    node_placement(path, provider, max(config.threads), config.optimization, _batch(x, 1))
+                    if provider != "cpu"
+                    else None
+                ),
                 **_memory(path, provider, config, _batch(x, max(config.batch_sizes))),
             }
         for path in models:
             record = entries[path]["providers"][provider]
             base_record = entries[baseline]["providers"][provider]
-            record["agreement_with_baseline"] = float((predictions[path] == predictions[baseline]).mean()) \
-                if len(predictions[path]) == len(predictions[baseline]) else None
+            record["agreement_with_baseline"] = (
+                float((predictions[path] == predictions[baseline]).mean())
+                if len(predictions[path]) == len(predictions[baseline])
+                else None
+            )
             record["accuracy_delta_points"] = 100 * (record["top1"] - base_record["top1"])
         for threads in config.threads:
             for batch_size in config.batch_sizes:
@@ -125,14 +131,23 @@ def bench(config: BenchConfig, log: Callable[[str], None] = lambda line: None) -
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "config": asdict(config),
         "machine": machine_info(with_gpus=any(p != "cpu" for p in providers)),
-        "session": {"graph_optimization": config.optimization, "execution_mode": "sequential",
-                    "inter_op_threads": 1, "io_binding": any(p != "cpu" for p in providers)
-                    and not config.include_copies, "include_copies": config.include_copies},
-        "timing": {"warmup": config.warmup, "min_runs": config.min_runs, "min_seconds": config.min_seconds,
-                   "rounds": ROUNDS, "confidence": config.confidence,
-                   "method": "each model in rounds alternating with the baseline; p50 interval: order "
-                             "statistics of the runs; speed-up: median of the per-round ratios of "
-                             "p50s, interval: order statistics of those ratios"},
+        "session": {
+            "graph_optimization": config.optimization,
+            "execution_mode": "sequential",
+            "inter_op_threads": 1,
+            "io_binding": any(p != "cpu" for p in providers) and not config.include_copies,
+            "include_copies": config.include_copies,
+        },
+        "timing": {
+            "warmup": config.warmup,
+            "min_runs": config.min_runs,
+            "min_seconds": config.min_seconds,
+            "rounds": ROUNDS,
+            "confidence": config.confidence,
+            "method": "each model in rounds alternating with the baseline; p50 interval: order "
+            "statistics of the runs; speed-up: median of the per-round ratios of "
+            "p50s, interval: order statistics of those ratios",
+        },
         "baseline": entries[baseline]["name"],
         "models": list(entries.values()),
         "rows": rows,
@@ -146,8 +161,7 @@ def _name(path: Path, paths: list[Path]) -> str:
 
 def _dataset(path: Path, manifest: dict | None, config: BenchConfig, cache: dict) -> Dataset:
     recorded = (manifest or {}).get("data") or {}
-    key = (config.data or recorded.get("spec"), repr((manifest or {}).get("preprocessing")),
-           config.preprocessing)
+    key = (config.data or recorded.get("spec"), repr((manifest or {}).get("preprocessing")), config.preprocessing)
     if key not in cache:
         cache[key] = load_dataset_for(str(path), manifest, config.data, config.preprocessing)
     return cache[key]
@@ -157,10 +171,18 @@ def _describe(path: Path, info: dict, baseline: Path) -> dict[str, Any]:
     manifest = info["manifest"] or {}
     model = manifest.get("model") or {}
     params = model.get("params") or (manifest.get("metrics") or {}).get("params")
-    return {"name": info["name"], "path": str(path), "sha256": sha256_file(path),
-            "size_bytes": model_info(path)["size_bytes"], "params": params, "macs": model.get("macs"),
-            "stage": manifest.get("stage"), "baseline": path == baseline,
-            "data": info["dataset"].spec, "providers": {}}
+    return {
+        "name": info["name"],
+        "path": str(path),
+        "sha256": sha256_file(path),
+        "size_bytes": model_info(path)["size_bytes"],
+        "params": params,
+        "macs": model.get("macs"),
+        "stage": manifest.get("stage"),
+        "baseline": path == baseline,
+        "data": info["dataset"].spec,
+        "providers": {},
+    }
 
 
 def _memory(path: Path, provider: str, config: BenchConfig, batch: np.ndarray) -> dict[str, Any]:
@@ -188,8 +210,9 @@ def _accuracy(logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     return {"top1": top1, "top5": top5, "test_samples": int(len(y))}
 
 
-def _time_group(models: dict, baseline: Path, provider: str, threads: int, batch_size: int,
-                config: BenchConfig) -> list[dict[str, Any]]:
+def _time_group(
+    models: dict, baseline: Path, provider: str, threads: int, batch_size: int, config: BenchConfig
+) -> list[dict[str, Any]]:
     """One provider x threads x batch size: each model timed against the baseline."""
     per_round = config.min_seconds / ROUNDS
     runs_per_round = -(-config.min_runs // ROUNDS)
@@ -203,9 +226,15 @@ def _time_group(models: dict, baseline: Path, provider: str, threads: int, batch
     for path in others:
         loaded = load(path, provider, threads, config.optimization)
         call = make_call(loaded, _batch(models[path]["dataset"].x_test, batch_size), config.include_copies)
-        result = compare({"baseline": base_call, "model": call}, baseline="baseline", batch_size=batch_size,
-                         rounds=ROUNDS, seconds_per_round=per_round, min_runs_per_round=runs_per_round,
-                         warmup=config.warmup)
+        result = compare(
+            {"baseline": base_call, "model": call},
+            baseline="baseline",
+            batch_size=batch_size,
+            rounds=ROUNDS,
+            seconds_per_round=per_round,
+            min_runs_per_round=runs_per_round,
+            warmup=config.warmup,
+        )
         base_times.append(result.seconds["baseline"])
         timed[path] = (result.seconds["model"], result.round_ratios("model"))
         del loaded, call
@@ -216,13 +245,28 @@ def _time_group(models: dict, baseline: Path, provider: str, threads: int, batch
     return rows
 
 
-def _row(name: str, provider: str, threads: int, batch_size: int, seconds: np.ndarray,
-         round_ratios: np.ndarray | None, config: BenchConfig) -> dict[str, Any]:
+def _row(
+    name: str,
+    provider: str,
+    threads: int,
+    batch_size: int,
+    seconds: np.ndarray,
+    round_ratios: np.ndarray | None,
+    config: BenchConfig,
+) -> dict[str, Any]:
     stats = LatencyStats.from_times(seconds, batch_size)
     low, high = median_ci(seconds * 1e3, config.confidence)
-    row = {"model": name, "provider": provider, "threads": threads, "batch_size": batch_size,
-           **stats.to_dict(), "p50_ci_ms": [low, high], "speedup": None, "speedup_ci": None,
-           "verdict": "baseline"}
+    row = {
+        "model": name,
+        "provider": provider,
+        "threads": threads,
+        "batch_size": batch_size,
+        **stats.to_dict(),
+        "p50_ci_ms": [low, high],
+        "speedup": None,
+        "speedup_ci": None,
+        "verdict": "baseline",
+    }
     if round_ratios is not None:
         ratio, s_low, s_high = speedup_ci(round_ratios, config.confidence)
         row.update(speedup=ratio, speedup_ci=[s_low, s_high], verdict=verdict(s_low, s_high))

@@ -15,8 +15,7 @@ import numpy as np
 from ..errors import CompressError
 from ..onnx_io import OnnxClassifier, first_line, open_session
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-             "tensorrt": "TensorrtExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
 def resolve_providers(names: list[str]) -> list[str]:
@@ -31,9 +30,11 @@ def resolve_providers(names: list[str]) -> list[str]:
             raise CompressError(f"unknown provider {name!r}; use one of {', '.join(PROVIDERS)}")
         if PROVIDERS[key] not in available:
             have = ", ".join(k for k, v in PROVIDERS.items() if v in available)
-            raise CompressError(f"provider {key} ({PROVIDERS[key]}) is not available in this "
-                                f"onnxruntime build (available: {have}); install onnxruntime-gpu "
-                                "for cuda/tensorrt, or drop it from --providers")
+            raise CompressError(
+                f"provider {key} ({PROVIDERS[key]}) is not available in this "
+                f"onnxruntime build (available: {have}); install onnxruntime-gpu "
+                "for cuda/tensorrt, or drop it from --providers"
+            )
         resolved.append(key)
     return resolved
 
@@ -59,12 +60,15 @@ class Loaded:
 
 def load(path: Path, provider: str, threads: int | None, optimization: str) -> Loaded:
     start = time.perf_counter()
-    session = open_session(path, role="model", threads=threads, optimization=optimization,
-                           providers=provider_chain(provider))
+    session = open_session(
+        path, role="model", threads=threads, optimization=optimization, providers=provider_chain(provider)
+    )
     create_s = time.perf_counter() - start
     if provider != "cpu" and session.get_providers()[0] != PROVIDERS[provider]:
-        raise CompressError(f"{path}: onnxruntime could not start {PROVIDERS[provider]} (it fell back "
-                            "to CPU for the whole model); check the GPU driver and CUDA libraries")
+        raise CompressError(
+            f"{path}: onnxruntime could not start {PROVIDERS[provider]} (it fell back "
+            "to CPU for the whole model); check the GPU driver and CUDA libraries"
+        )
     return Loaded(OnnxClassifier(session, f"model {path}"), provider, create_s)
 
 
@@ -88,6 +92,7 @@ def make_call(loaded: Loaded, batch: np.ndarray, include_copies: bool) -> Callab
     def run_bound():
         session.run_with_iobinding(binding)
         binding.synchronize_outputs()  # the kernels have finished when the clock stops
+
     return run_bound
 
 
@@ -97,8 +102,9 @@ def first_run_s(call: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def node_placement(path: Path, provider: str, threads: int | None, optimization: str,
-                   batch: np.ndarray) -> dict[str, int]:
+def node_placement(
+    path: Path, provider: str, threads: int | None, optimization: str, batch: np.ndarray
+) -> dict[str, int]:
     """How many nodes each provider ran, from one profiled run (a GPU provider may silently leave
     some nodes to the CPU)."""
     import onnxruntime as ort
@@ -110,8 +116,7 @@ def node_placement(path: Path, provider: str, threads: int | None, optimization:
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "profile")
         try:
-            session = ort.InferenceSession(str(path), sess_options=options,
-                                           providers=provider_chain(provider))
+            session = ort.InferenceSession(str(path), sess_options=options, providers=provider_chain(provider))
             runner = OnnxClassifier(session)
             runner.run(batch)
             events = json.loads(Path(session.end_profiling()).read_text())
@@ -127,8 +132,9 @@ def node_placement(path: Path, provider: str, threads: int | None, optimization:
     return counts
 
 
-def peak_memory_mb(path: Path, provider: str, threads: int | None, optimization: str,
-                   batch: np.ndarray, runs: int = 10) -> tuple[float, float]:
+def peak_memory_mb(
+    path: Path, provider: str, threads: int | None, optimization: str, batch: np.ndarray, runs: int = 10
+) -> tuple[float, float]:
     """Peak resident memory (MiB) of a fresh process that loads the model and runs it, and what
     the same process held before loading it (the runtime and libraries alone)."""
     context = multiprocessing.get_context("spawn")
@@ -136,8 +142,9 @@ def peak_memory_mb(path: Path, provider: str, threads: int | None, optimization:
         return pool.apply(_measure_peak_memory, (str(path), provider, threads, optimization, batch, runs))
 
 
-def _measure_peak_memory(path: str, provider: str, threads: int | None, optimization: str,
-                         batch: np.ndarray, runs: int) -> tuple[float, float]:
+def _measure_peak_memory(
+    path: str, provider: str, threads: int | None, optimization: str, batch: np.ndarray, runs: int
+) -> tuple[float, float]:
     import importlib
 
     importlib.import_module("onnxruntime")  # the runtime counts as the process's, not the model's

@@ -30,7 +30,7 @@ def median_ci(samples, confidence: float = 0.95) -> tuple[float, float]:
     else:
         k, tail = 0, 0.0
         while k < n // 2:
-            tail += math.comb(n, k) / 2 ** n  # P(Bin(n, 1/2) = k)
+            tail += math.comb(n, k) / 2**n  # P(Bin(n, 1/2) = k)
             if 2 * tail > alpha:
                 break
             k += 1

@@ -9,5 +9,4 @@ from .dataset import PREPROCESSING_CHOICES, Dataset, load_dataset, load_dataset_
 from .preprocessing import Preprocessing
 from .sources import DATA_SOURCES_HELP
 
-__all__ = ["DATA_SOURCES_HELP", "PREPROCESSING_CHOICES", "Dataset", "Preprocessing", "load_dataset",
-           "load_dataset_for"]
+__all__ = ["DATA_SOURCES_HELP", "PREPROCESSING_CHOICES", "Dataset", "Preprocessing", "load_dataset", "load_dataset_for"]

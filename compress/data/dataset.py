@@ -43,19 +43,25 @@ class Dataset:
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary for manifests."""
-        return {"spec": self.spec, "name": self.name, "fingerprint": self.fingerprint,
-                "num_classes": self.num_classes, "in_shape": list(self.in_shape),
-                "val_fraction": self.val_fraction, "split_seed": self.split_seed,
-                "sizes": {"train": len(self.y_train), "val": len(self.y_val),
-                          "test": len(self.y_test)}}
+        return {
+            "spec": self.spec,
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "num_classes": self.num_classes,
+            "in_shape": list(self.in_shape),
+            "val_fraction": self.val_fraction,
+            "split_seed": self.split_seed,
+            "sizes": {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)},
+        }
 
 
 # How to normalise data for a model whose manifest does not say (see ``load_dataset``).
 PREPROCESSING_CHOICES = ("fit", "scale", "raw")
 
 
-def load_dataset(spec: str, val_fraction: float = 0.1, split_seed: int = 0,
-                 preprocessing: Preprocessing | str | None = None) -> Dataset:
+def load_dataset(
+    spec: str, val_fraction: float = 0.1, split_seed: int = 0, preprocessing: Preprocessing | str | None = None
+) -> Dataset:
     """Load ``spec`` and normalise it.
 
     ``preprocessing``: a :class:`Preprocessing` to reuse, or ``None``/``"fit"`` to fit mean and
@@ -71,22 +77,33 @@ def load_dataset(spec: str, val_fraction: float = 0.1, split_seed: int = 0,
     if preprocessing is None or preprocessing == "fit":
         preprocessing = Preprocessing.fit(x_train, raw.scale, raw.layout)
     elif preprocessing in ("scale", "raw"):
-        preprocessing = Preprocessing(layout=raw.layout,
-                                      scale=raw.scale if preprocessing == "scale" else 1.0,
-                                      mean=[0.0] * in_shape[0], std=[1.0] * in_shape[0])
+        preprocessing = Preprocessing(
+            layout=raw.layout,
+            scale=raw.scale if preprocessing == "scale" else 1.0,
+            mean=[0.0] * in_shape[0],
+            std=[1.0] * in_shape[0],
+        )
     elif isinstance(preprocessing, Preprocessing):
         preprocessing.check_input(in_shape)
     else:
-        raise CompressError(f"unknown preprocessing {preprocessing!r}; use one of "
-                            f"{', '.join(PREPROCESSING_CHOICES)}")
+        raise CompressError(f"unknown preprocessing {preprocessing!r}; use one of {', '.join(PREPROCESSING_CHOICES)}")
     return Dataset(
-        spec=spec, name=raw.name, labels=list(raw.labels), in_shape=in_shape,
+        spec=spec,
+        name=raw.name,
+        labels=list(raw.labels),
+        in_shape=in_shape,
         preprocessing=preprocessing,
-        x_train=preprocessing.apply(x_train), y_train=raw.y_train[train_idx],
-        x_val=preprocessing.apply(raw.x_train[val_idx]), y_val=raw.y_train[val_idx],
-        x_test=preprocessing.apply(raw.x_test), y_test=raw.y_test,
-        fingerprint=fingerprint(raw), files=list(raw.files),
-        val_fraction=float(val_fraction), split_seed=int(split_seed))
+        x_train=preprocessing.apply(x_train),
+        y_train=raw.y_train[train_idx],
+        x_val=preprocessing.apply(raw.x_train[val_idx]),
+        y_val=raw.y_train[val_idx],
+        x_test=preprocessing.apply(raw.x_test),
+        y_test=raw.y_test,
+        fingerprint=fingerprint(raw),
+        files=list(raw.files),
+        val_fraction=float(val_fraction),
+        split_seed=int(split_seed),
+    )
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,14 +126,17 @@ def fingerprint(raw: RawData) -> str:
 
 
 def _check_split_args(val_fraction: float, split_seed: int) -> None:
-    if (isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real)
-            or not (math.isfinite(val_fraction) and 0 <= val_fraction < MAX_VAL_FRACTION)):
-        raise CompressError(f"validation fraction must be in [0, {MAX_VAL_FRACTION}), got "
-                            f"{val_fraction!r}; use e.g. 0.1 (or 0 for no validation split)")
-    if isinstance(split_seed, bool) or not isinstance(split_seed, numbers.Integral) \
-            or split_seed < 0:
-        raise CompressError(f"split seed must be a non-negative integer, got {split_seed!r}; "
-                            "use e.g. 0")
+    if (
+        isinstance(val_fraction, bool)
+        or not isinstance(val_fraction, numbers.Real)
+        or not (math.isfinite(val_fraction) and 0 <= val_fraction < MAX_VAL_FRACTION)
+    ):
+        raise CompressError(
+            f"validation fraction must be in [0, {MAX_VAL_FRACTION}), got "
+            f"{val_fraction!r}; use e.g. 0.1 (or 0 for no validation split)"
+        )
+    if isinstance(split_seed, bool) or not isinstance(split_seed, numbers.Integral) or split_seed < 0:
+        raise CompressError(f"split seed must be a non-negative integer, got {split_seed!r}; use e.g. 0")
 
 
 def _check_raw(raw: RawData, spec: str) -> None:
@@ -130,11 +150,13 @@ def _check_raw(raw: RawData, spec: str) -> None:
             raise CompressError(
                 f"{spec}: {split} label {int(bad[0])} is out of range for {num_classes} "
                 f"classes (valid: 0..{num_classes - 1}); fix the labels, or for npz give a "
-                "'labels' array naming every class")
+                "'labels' array naming every class"
+            )
 
 
-def load_dataset_for(artifact: str, manifest: dict | None, data: str | None = None,
-                     preprocessing: str | None = None) -> Dataset:
+def load_dataset_for(
+    artifact: str, manifest: dict | None, data: str | None = None, preprocessing: str | None = None
+) -> Dataset:
     """The data to feed ``artifact``: its manifest's data and preprocessing unless overridden.
 
     ``data`` replaces the manifest's data source (same preprocessing); without a manifest both
@@ -143,21 +165,27 @@ def load_dataset_for(artifact: str, manifest: dict | None, data: str | None = No
     recorded = (manifest or {}).get("data") or {}
     spec = data or recorded.get("spec")
     if spec is None:
-        raise CompressError(f"{artifact} has no manifest naming its data; pass --data "
-                            "(e.g. --data mnist:DIR)")
+        raise CompressError(f"{artifact} has no manifest naming its data; pass --data (e.g. --data mnist:DIR)")
     if manifest and manifest.get("preprocessing") and preprocessing is None:
         chosen: Preprocessing | str = Preprocessing.from_dict(manifest["preprocessing"])
     elif preprocessing is None:
-        raise CompressError(f"{artifact} has no manifest, so how its inputs were normalised is "
-                            "unknown; pass --preprocessing fit (mean/std of the training split, "
-                            "as compress train does), scale (pixels to [0, 1]) or raw")
+        raise CompressError(
+            f"{artifact} has no manifest, so how its inputs were normalised is "
+            "unknown; pass --preprocessing fit (mean/std of the training split, "
+            "as compress train does), scale (pixels to [0, 1]) or raw"
+        )
     else:
         chosen = preprocessing
     try:
-        return load_dataset(spec, val_fraction=recorded.get("val_fraction", 0.1),
-                            split_seed=recorded.get("split_seed", 0), preprocessing=chosen)
+        return load_dataset(
+            spec,
+            val_fraction=recorded.get("val_fraction", 0.1),
+            split_seed=recorded.get("split_seed", 0),
+            preprocessing=chosen,
+        )
     except CompressError as exc:
         if data is None:  # the source recorded in the manifest: it may have moved
-            raise CompressError(f"{exc} (the data recorded in the manifest of {artifact}; "
-                                "pass --data to read it from elsewhere)") from None
+            raise CompressError(
+                f"{exc} (the data recorded in the manifest of {artifact}; pass --data to read it from elsewhere)"
+            ) from None
         raise

@@ -34,14 +34,16 @@ class Preprocessing:
             raise CompressError(
                 f"preprocessing expects {self.layout} samples with {len(self.mean)} {unit}, "
                 f"but the data has samples of shape {tuple(in_shape)}; use data of the same "
-                "kind as the model was trained on")
+                "kind as the model was trained on"
+            )
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         """Normalise a batch ``(N, *in_shape)`` of any numeric dtype to C-contiguous float32."""
         raw = np.asarray(raw)
         if raw.ndim < 2:
-            raise CompressError(f"expected a batch of samples (N, ...), got shape {raw.shape}; "
-                                "add a leading batch axis")
+            raise CompressError(
+                f"expected a batch of samples (N, ...), got shape {raw.shape}; add a leading batch axis"
+            )
         self.check_input(raw.shape[1:])
         x = np.array(raw, dtype=np.float32, order="C")
         x *= np.float32(self.scale)
@@ -50,30 +52,37 @@ class Preprocessing:
         return x
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layout": self.layout, "scale": self.scale,
-                "mean": list(self.mean), "std": list(self.std)}
+        return {"layout": self.layout, "scale": self.scale, "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         """Rebuild from ``to_dict`` output; CompressError when the record is malformed."""
         problem = _dict_problem(d)
         if problem:
-            raise CompressError(f"malformed preprocessing record: {problem}; it must be the "
-                                "'preprocessing' written by compress (re-run the stage that "
-                                "produced this artifact)")
-        return cls(layout=d["layout"], scale=float(d["scale"]),
-                   mean=[float(v) for v in d["mean"]], std=[float(v) for v in d["std"]])
+            raise CompressError(
+                f"malformed preprocessing record: {problem}; it must be the "
+                "'preprocessing' written by compress (re-run the stage that "
+                "produced this artifact)"
+            )
+        return cls(
+            layout=d["layout"],
+            scale=float(d["scale"]),
+            mean=[float(v) for v in d["mean"]],
+            std=[float(v) for v in d["std"]],
+        )
 
     @classmethod
     def fit(cls, raw_train: np.ndarray, scale: float, layout: str) -> Preprocessing:
         """Per-channel/feature mean and std of ``raw_train * scale``; a std of 0 becomes 1."""
         raw_train = np.asarray(raw_train)
         if raw_train.ndim < 2 or _layout_of(raw_train.shape[1:]) != layout:
-            raise CompressError(f"cannot fit {layout} preprocessing to data of shape "
-                                f"{raw_train.shape}; expected (N, C, H, W) or (N, F)")
+            raise CompressError(
+                f"cannot fit {layout} preprocessing to data of shape {raw_train.shape}; expected (N, C, H, W) or (N, F)"
+            )
         if len(raw_train) == 0:
-            raise CompressError("cannot fit preprocessing on an empty training set; "
-                                "provide at least one training sample")
+            raise CompressError(
+                "cannot fit preprocessing on an empty training set; provide at least one training sample"
+            )
         mean, std = _channel_stats(raw_train, scale)
         std[std == 0] = 1.0
         return cls(layout=layout, scale=float(scale), mean=mean.tolist(), std=std.tolist())
@@ -106,8 +115,7 @@ def _channel_stats(raw: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarra
 
 def _sum_chunks(raw: np.ndarray, rows: int, axes: tuple[int, ...], fn) -> np.ndarray:
     """``sum(fn(chunk as float64))`` over ``axes``, ``rows`` samples at a time."""
-    return sum(fn(raw[i:i + rows].astype(np.float64)).sum(axis=axes)
-               for i in range(0, len(raw), rows))
+    return sum(fn(raw[i : i + rows].astype(np.float64)).sum(axis=axes) for i in range(0, len(raw), rows))
 
 
 def _dict_problem(d: Any) -> str | None:
@@ -133,5 +141,4 @@ def _dict_problem(d: Any) -> str | None:
 
 
 def _is_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

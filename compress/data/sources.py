@@ -22,8 +22,18 @@ DATA_SOURCES_HELP = (
     "and optionally labels); 'folder:DIR' (images in DIR/train/<class>/ and DIR/test/<class>/)."
 )
 
-FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_LABELS = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SEED = 1797  # fixed, so the digits test set never depends on --split-seed
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -56,12 +66,13 @@ def read_source(spec: str) -> RawData:
     name, sep, location = spec.partition(":")
     if name == "digits":
         if sep:
-            raise CompressError(f"data source 'digits' takes no path (got {spec!r}); "
-                                "use just --data digits")
+            raise CompressError(f"data source 'digits' takes no path (got {spec!r}); use just --data digits")
         return _read_digits()
     if name not in _PATH_READERS:
-        raise CompressError(f"unknown data source {name!r} in {spec!r}; valid forms are "
-                            "digits, mnist:DIR, fashion-mnist:DIR, npz:FILE, folder:DIR")
+        raise CompressError(
+            f"unknown data source {name!r} in {spec!r}; valid forms are "
+            "digits, mnist:DIR, fashion-mnist:DIR, npz:FILE, folder:DIR"
+        )
     if not location:
         kind = "FILE" if name == "npz" else "DIR"
         raise CompressError(f"data source {name!r} needs a path; use {name}:{kind}")
@@ -75,8 +86,9 @@ def _read_digits() -> RawData:
     x = digits.images.astype(np.uint8)[:, None]
     y = digits.target.astype(np.int64)
     test = _stratified_mask(y, DIGITS_TEST_FRACTION, DIGITS_TEST_SEED)
-    return RawData("digits", x[~test], y[~test], x[test], y[test],
-                   labels=[str(i) for i in range(10)], scale=1 / 16, files=[])
+    return RawData(
+        "digits", x[~test], y[~test], x[test], y[test], labels=[str(i) for i in range(10)], scale=1 / 16, files=[]
+    )
 
 
 def _stratified_mask(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -85,11 +97,12 @@ def _stratified_mask(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     mask = np.zeros(len(y), dtype=bool)
     for cls in np.unique(y):
         members = np.flatnonzero(y == cls)
-        mask[rng.permutation(members)[:round(fraction * len(members))]] = True
+        mask[rng.permutation(members)[: round(fraction * len(members))]] = True
     return mask
 
 
 # --- IDX (MNIST, Fashion-MNIST) --------------------------------------------------------------
+
 
 def _read_idx_dir(name: str, directory: Path) -> RawData:
     _require_dir(directory, name, "the four IDX files (train-images-idx3-ubyte, ...)")
@@ -101,18 +114,21 @@ def _read_idx_dir(name: str, directory: Path) -> RawData:
         images = _read_idx(images_path, "images")
         labels = _read_idx(labels_path, "labels")
         if len(images) != len(labels):
-            raise CompressError(f"{images_path.name} has {len(images)} images but "
-                                f"{labels_path.name} has {len(labels)} labels; the files do "
-                                "not belong together, re-download them")
+            raise CompressError(
+                f"{images_path.name} has {len(images)} images but "
+                f"{labels_path.name} has {len(labels)} labels; the files do "
+                "not belong together, re-download them"
+            )
         splits[split] = (images[:, None], labels.astype(np.int64))
         files += [str(images_path), str(labels_path)]
     if splits["train"][0].shape[1:] != splits["test"][0].shape[1:]:
-        raise CompressError(f"train and test images in {directory} differ in size "
-                            f"({splits['train'][0].shape[2:]} vs {splits['test'][0].shape[2:]}); "
-                            "use the matching original files")
+        raise CompressError(
+            f"train and test images in {directory} differ in size "
+            f"({splits['train'][0].shape[2:]} vs {splits['test'][0].shape[2:]}); "
+            "use the matching original files"
+        )
     labels = FASHION_LABELS if name == "fashion-mnist" else [str(i) for i in range(10)]
-    return RawData(name, *splits["train"], *splits["test"], labels=labels, scale=1 / 255,
-                   files=files)
+    return RawData(name, *splits["train"], *splits["test"], labels=labels, scale=1 / 255, files=files)
 
 
 def _find_idx(directory: Path, stem: str, kind: str) -> Path:
@@ -121,10 +137,10 @@ def _find_idx(directory: Path, stem: str, kind: str) -> Path:
         for suffix in ("", ".gz"):
             if (directory / (base + suffix)).is_file():
                 return directory / (base + suffix)
-    expected = ", ".join(f"{s}-{k}" for pair in _IDX_FILES.values()
-                         for s, k in zip(pair, ("idx3-ubyte", "idx1-ubyte")))
-    raise CompressError(f"{directory} has no {stem}-{kind} (nor .gz); expected the IDX files "
-                        f"{expected}, each raw or .gz")
+    expected = ", ".join(f"{s}-{k}" for pair in _IDX_FILES.values() for s, k in zip(pair, ("idx3-ubyte", "idx1-ubyte")))
+    raise CompressError(
+        f"{directory} has no {stem}-{kind} (nor .gz); expected the IDX files {expected}, each raw or .gz"
+    )
 
 
 def _read_idx(path: Path, kind: str) -> np.ndarray:
@@ -133,9 +149,11 @@ def _read_idx(path: Path, kind: str) -> np.ndarray:
     magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
     if magic != _IDX_MAGIC[kind]:
         found = "none, file too short" if magic is None else f"0x{magic:08x}"
-        raise CompressError(f"{path} is not an IDX {kind[:-1]} file (magic number {found}, "
-                            f"expected 0x{_IDX_MAGIC[kind]:08x}); point the data path at the "
-                            "original MNIST-format files")
+        raise CompressError(
+            f"{path} is not an IDX {kind[:-1]} file (magic number {found}, "
+            f"expected 0x{_IDX_MAGIC[kind]:08x}); point the data path at the "
+            "original MNIST-format files"
+        )
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(data) < header:
@@ -143,8 +161,10 @@ def _read_idx(path: Path, kind: str) -> np.ndarray:
     dims = [int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4)]
     expected = int(np.prod(dims))
     if len(data) - header < expected:
-        raise CompressError(f"{path} is truncated: its header promises {expected} bytes of data "
-                            f"but only {len(data) - header} follow; re-download it")
+        raise CompressError(
+            f"{path} is truncated: its header promises {expected} bytes of data "
+            f"but only {len(data) - header} follow; re-download it"
+        )
     return np.frombuffer(data, dtype=np.uint8, count=expected, offset=header).reshape(dims)
 
 
@@ -153,18 +173,17 @@ def _read_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise CompressError(f"cannot read {path} ({e.strerror}); check that it is a readable "
-                            "file") from None
+        raise CompressError(f"cannot read {path} ({e.strerror}); check that it is a readable file") from None
     if path.suffix != ".gz":
         return data
     try:
         return gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as e:
-        raise CompressError(f"{path} is not a valid gzip file ({e}); re-download it or "
-                            "store it uncompressed") from None
+        raise CompressError(f"{path} is not a valid gzip file ({e}); re-download it or store it uncompressed") from None
 
 
 # --- npz ------------------------------------------------------------------------------------
+
 
 def _read_npz(name: str, path: Path) -> RawData:
     arrays = _load_npz(path)
@@ -172,41 +191,52 @@ def _read_npz(name: str, path: Path) -> RawData:
     y_train, y_test = (_npz_labels(arrays, key, path) for key in ("y_train", "y_test"))
     for x_key, x, y in (("x_train", x_train, y_train), ("x_test", x_test, y_test)):
         if len(x) != len(y):
-            raise CompressError(f"{path}: {x_key} has {len(x)} samples but y{x_key[1:]} has "
-                                f"{len(y)} labels; they must be the same length")
+            raise CompressError(
+                f"{path}: {x_key} has {len(x)} samples but y{x_key[1:]} has "
+                f"{len(y)} labels; they must be the same length"
+            )
     if x_train.shape[1:] != x_test.shape[1:]:
-        raise CompressError(f"{path}: x_train samples have shape {x_train.shape[1:]} but x_test "
-                            f"samples have {x_test.shape[1:]}; they must match")
+        raise CompressError(
+            f"{path}: x_train samples have shape {x_train.shape[1:]} but x_test "
+            f"samples have {x_test.shape[1:]}; they must match"
+        )
     if "labels" in arrays:
         labels = [str(v) for v in arrays["labels"].reshape(-1).tolist()]
     else:
         top = max((int(y.max()) for y in (y_train, y_test) if len(y)), default=-1)
         labels = [str(i) for i in range(top + 1)]
     scale = 1 / 255 if x_train.dtype == np.uint8 else 1.0
-    return RawData(name, x_train, y_train, x_test, y_test, labels=labels, scale=scale,
-                   files=[str(path)])
+    return RawData(name, x_train, y_train, x_test, y_test, labels=labels, scale=scale, files=[str(path)])
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     """All arrays of an .npz archive, loaded eagerly without pickle."""
     if not path.is_file():
-        raise CompressError(f"npz file {path} does not exist; expected an .npz with arrays "
-                            f"{', '.join(_NPZ_KEYS)} (and optionally labels)")
+        raise CompressError(
+            f"npz file {path} does not exist; expected an .npz with arrays "
+            f"{', '.join(_NPZ_KEYS)} (and optionally labels)"
+        )
     try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise CompressError(f"{path} holds a single array, not an .npz archive; save it "
-                                f"with numpy.savez(file, {'=..., '.join(_NPZ_KEYS)}=...)")
+            raise CompressError(
+                f"{path} holds a single array, not an .npz archive; save it "
+                f"with numpy.savez(file, {'=..., '.join(_NPZ_KEYS)}=...)"
+            )
         with loaded as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError, zlib.error) as e:
-        raise CompressError(f"cannot read {path} as an .npz archive ({e}); save it with "
-                            "numpy.savez using plain numeric and string arrays") from None
+        raise CompressError(
+            f"cannot read {path} as an .npz archive ({e}); save it with "
+            "numpy.savez using plain numeric and string arrays"
+        ) from None
     missing = [key for key in _NPZ_KEYS if key not in arrays]
     if missing:
-        raise CompressError(f"{path} lacks {', '.join(missing)} (it has "
-                            f"{', '.join(arrays) or 'no arrays'}); it needs "
-                            f"{', '.join(_NPZ_KEYS)} and optionally labels")
+        raise CompressError(
+            f"{path} lacks {', '.join(missing)} (it has "
+            f"{', '.join(arrays) or 'no arrays'}); it needs "
+            f"{', '.join(_NPZ_KEYS)} and optionally labels"
+        )
     return arrays
 
 
@@ -214,14 +244,11 @@ def _npz_images(arrays: dict[str, np.ndarray], key: str, path: Path) -> np.ndarr
     """x as (N, C, H, W) or (N, F): numeric and finite."""
     x = arrays[key]
     if x.ndim not in (2, 3, 4):
-        raise CompressError(f"{path}: {key} has shape {x.shape}; expected (N,H,W), "
-                            "(N,C,H,W) or (N,F)")
-    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)
-            or x.dtype == np.bool_):
+        raise CompressError(f"{path}: {key} has shape {x.shape}; expected (N,H,W), (N,C,H,W) or (N,F)")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating) or x.dtype == np.bool_):
         raise CompressError(f"{path}: {key} has dtype {x.dtype}; store it as integers or floats")
     if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-        raise CompressError(f"{path}: {key} contains NaN or infinite values; clean or drop "
-                            "those samples")
+        raise CompressError(f"{path}: {key} contains NaN or infinite values; clean or drop those samples")
     return x[:, None] if x.ndim == 3 else x
 
 
@@ -229,18 +256,19 @@ def _npz_labels(arrays: dict[str, np.ndarray], key: str, path: Path) -> np.ndarr
     """y as a 1-D int64 array; floats are accepted only when they hold whole numbers."""
     y = arrays[key]
     if y.ndim != 1:
-        raise CompressError(f"{path}: {key} has shape {y.shape}; expected a 1-D array of "
-                            "class indices")
+        raise CompressError(f"{path}: {key} has shape {y.shape}; expected a 1-D array of class indices")
     integral = np.issubdtype(y.dtype, np.integer) or (
-        np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all()
-        and (y == np.round(y)).all())
+        np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all()
+    )
     if not integral:
-        raise CompressError(f"{path}: {key} holds non-integer labels (dtype {y.dtype}); labels "
-                            "must be class indices 0..K-1")
+        raise CompressError(
+            f"{path}: {key} holds non-integer labels (dtype {y.dtype}); labels must be class indices 0..K-1"
+        )
     return y.astype(np.int64)
 
 
 # --- image folders --------------------------------------------------------------------------
+
 
 def _read_folder(name: str, directory: Path) -> RawData:
     layout_hint = "DIR/train/<class>/*.png and DIR/test/<class>/*.png"
@@ -250,20 +278,28 @@ def _read_folder(name: str, directory: Path) -> RawData:
     classes = sorted(train_dirs)
     extra = sorted(set(test_dirs) - set(train_dirs))
     if extra:
-        raise CompressError(f"{directory / 'test'} has classes missing from train: "
-                            f"{', '.join(extra)}; every test class needs a train folder")
+        raise CompressError(
+            f"{directory / 'test'} has classes missing from train: "
+            f"{', '.join(extra)}; every test class needs a train folder"
+        )
     train_files, y_train = _list_images(train_dirs, classes)
     test_files, y_test = _list_images(test_dirs, classes)
     for split, files in (("train", train_files), ("test", test_files)):
         if not files:
-            raise CompressError(f"{directory / split} has no images "
-                                f"({', '.join(sorted(IMAGE_SUFFIXES))}); add some")
+            raise CompressError(f"{directory / split} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); add some")
     headers = [_header(p) for p in train_files + test_files]
     mode = "L" if all(m in _GRAY_MODES for m, _ in headers) else "RGB"
     size = headers[0][1]
-    return RawData(name, _load_images(train_files, mode, size), y_train,
-                   _load_images(test_files, mode, size), y_test, labels=classes,
-                   scale=1 / 255, files=[str(p) for p in train_files + test_files])
+    return RawData(
+        name,
+        _load_images(train_files, mode, size),
+        y_train,
+        _load_images(test_files, mode, size),
+        y_test,
+        labels=classes,
+        scale=1 / 255,
+        files=[str(p) for p in train_files + test_files],
+    )
 
 
 def _class_dirs(split_dir: Path, layout_hint: str) -> dict[str, Path]:
@@ -271,8 +307,9 @@ def _class_dirs(split_dir: Path, layout_hint: str) -> dict[str, Path]:
         raise CompressError(f"{split_dir} does not exist; a folder source needs {layout_hint}")
     dirs = {p.name: p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
     if not dirs:
-        raise CompressError(f"{split_dir} has no class sub-folders; put each class's images "
-                            "in its own sub-folder, e.g. train/cat/1.png")
+        raise CompressError(
+            f"{split_dir} has no class sub-folders; put each class's images in its own sub-folder, e.g. train/cat/1.png"
+        )
     return dirs
 
 
@@ -282,8 +319,11 @@ def _list_images(class_dirs: dict[str, Path], classes: list[str]) -> tuple[list[
     for index, cls in enumerate(classes):
         if cls not in class_dirs:
             continue
-        found = sorted(p for p in class_dirs[cls].iterdir() if p.is_file()
-                       and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+        found = sorted(
+            p
+            for p in class_dirs[cls].iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        )
         files += found
         labels += [index] * len(found)
     return files, np.asarray(labels, dtype=np.int64)
@@ -320,9 +360,9 @@ def _image_errors(path: Path) -> Iterator[None]:
 
 def _require_dir(directory: Path, name: str, expected: str) -> None:
     if not directory.is_dir():
-        raise CompressError(f"{name} directory {directory} does not exist (or is not a "
-                            f"directory); it should contain {expected}")
+        raise CompressError(
+            f"{name} directory {directory} does not exist (or is not a directory); it should contain {expected}"
+        )
 
 
-_PATH_READERS = {"mnist": _read_idx_dir, "fashion-mnist": _read_idx_dir,
-                 "npz": _read_npz, "folder": _read_folder}
+_PATH_READERS = {"mnist": _read_idx_dir, "fashion-mnist": _read_idx_dir, "npz": _read_npz, "folder": _read_folder}

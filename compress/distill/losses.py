@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 
 
-def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                   temperature: float) -> torch.Tensor:
+def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(teacher || student) between temperature-softened distributions, scaled by T².
 
     Hinton et al. 2015: the gradients of the soft term scale as 1/T², so multiplying by T²
@@ -17,7 +16,7 @@ def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
-    return kl * temperature ** 2
+    return kl * temperature**2
 
 
 def logit_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -25,15 +24,20 @@ def logit_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tor
     return F.mse_loss(student_logits.float(), teacher_logits.float())
 
 
-def hard_label_ce(student_logits: torch.Tensor, labels: torch.Tensor,
-                  label_smoothing: float = 0.0) -> torch.Tensor:
+def hard_label_ce(student_logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy with the true labels, averaged over the batch."""
     return F.cross_entropy(student_logits.float(), labels, label_smoothing=label_smoothing)
 
 
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                      labels: torch.Tensor, temperature: float = 4.0, alpha: float = 0.9,
-                      kind: str = "kl", label_smoothing: float = 0.0) -> torch.Tensor:
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    kind: str = "kl",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """``alpha * soft + (1 - alpha) * hard``: the soft term is ``kind`` ("kl" or "mse")."""
     if kind == "kl":
         soft = soft_target_kl(student_logits, teacher_logits, temperature)
@@ -46,7 +50,6 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return alpha * soft + (1.0 - alpha) * hard_label_ce(student_logits, labels, label_smoothing)
 
 
-def hint_loss(projected_student_feature: torch.Tensor,
-              teacher_feature: torch.Tensor) -> torch.Tensor:
+def hint_loss(projected_student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
     """FitNets hint loss: MSE between the projected student feature and the teacher's."""
     return F.mse_loss(projected_student_feature.float(), teacher_feature.float())

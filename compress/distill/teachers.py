@@ -34,10 +34,10 @@ class Teacher:
     """A frozen model in eval mode plus what its manifest says about its inputs."""
 
     path: Path
-    kind: str                                  # "checkpoint" | "torchscript" | "exported" | "onnx"
-    module: torch.nn.Module | None = None      # None for ONNX teachers
+    kind: str  # "checkpoint" | "torchscript" | "exported" | "onnx"
+    module: torch.nn.Module | None = None  # None for ONNX teachers
     onnx_session: OnnxClassifier | None = None
-    in_shape: tuple | None = None              # per-sample shape, when known
+    in_shape: tuple | None = None  # per-sample shape, when known
     num_classes: int | None = None
     manifest: dict | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -51,8 +51,9 @@ class Teacher:
         return self.kind == "checkpoint"
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, hint_layers: tuple[str, ...] = ()
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(
+        self, x: torch.Tensor, hint_layers: tuple[str, ...] = ()
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits for ``x`` and the outputs of ``hint_layers``, all float32 on ``x.device``."""
         if self.onnx_session is not None:
             return self._run_onnx(x), {}
@@ -73,8 +74,10 @@ class capture_outputs:
         modules = dict(model.named_modules()) if names else {}  # runs every step: skip when unused
         missing = [n for n in names if n not in modules]
         if missing:
-            raise CompressError(f"layer {missing[0]!r} not found in {type(model).__name__}; "
-                                "list the layer names with `compress distill --list-layers MODEL`")
+            raise CompressError(
+                f"layer {missing[0]!r} not found in {type(model).__name__}; "
+                "list the layer names with `compress distill --list-layers MODEL`"
+            )
         self._targets = [(n, modules[n]) for n in names]
         self._store = store
         self._handles: list = []
@@ -87,9 +90,11 @@ class capture_outputs:
     def _hook(self, name):
         def store_output(_module, _inputs, output):
             if not isinstance(output, torch.Tensor):
-                raise CompressError(f"layer {name!r} does not return a single tensor; "
-                                    "choose another layer for the hint")
+                raise CompressError(
+                    f"layer {name!r} does not return a single tensor; choose another layer for the hint"
+                )
             self._store[name] = output
+
         return store_output
 
     def __exit__(self, *exc):
@@ -102,8 +107,9 @@ def load_teacher(path: str | Path, device: torch.device) -> Teacher:
     """Load a teacher from a compress checkpoint, a TorchScript/torch.export file or ONNX."""
     path = Path(path)
     if not path.is_file():
-        raise CompressError(f"teacher {path} does not exist; give a .pt checkpoint, "
-                            "a TorchScript file or an .onnx model")
+        raise CompressError(
+            f"teacher {path} does not exist; give a .pt checkpoint, a TorchScript file or an .onnx model"
+        )
     manifest = read_manifest(path)
     if path.suffix == ".onnx":
         return _load_onnx_teacher(path, manifest, device)
@@ -115,14 +121,22 @@ def load_teacher(path: str | Path, device: torch.device) -> Teacher:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 module = torch.jit.load(str(path), map_location=device)
         except (RuntimeError, ValueError) as exc:
-            raise CompressError(f"teacher {path} is not a readable TorchScript file "
-                                f"({str(exc).strip().splitlines()[0]}); re-save it with torch.jit.save") from None
+            raise CompressError(
+                f"teacher {path} is not a readable TorchScript file "
+                f"({str(exc).strip().splitlines()[0]}); re-save it with torch.jit.save"
+            ) from None
         return Teacher(path, "torchscript", module=module.eval(), manifest=manifest, device=device)
     checkpoint = load_checkpoint(path)
     module = model_from_checkpoint(checkpoint)
-    return Teacher(path, "checkpoint", module=module.to(device).eval(),
-                   in_shape=tuple(checkpoint["in_shape"]),
-                   num_classes=checkpoint["num_classes"], manifest=manifest, device=device)
+    return Teacher(
+        path,
+        "checkpoint",
+        module=module.to(device).eval(),
+        in_shape=tuple(checkpoint["in_shape"]),
+        num_classes=checkpoint["num_classes"],
+        manifest=manifest,
+        device=device,
+    )
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -139,8 +153,10 @@ def _load_exported_teacher(path: Path, manifest: dict | None, device: torch.devi
     try:
         program = torch.export.load(str(path))
     except Exception as exc:  # torch.export raises many types for a bad archive
-        raise CompressError(f"teacher {path} is not a readable torch.export program "
-                            f"({str(exc).strip().splitlines()[0]}); re-save it with torch.export.save") from None
+        raise CompressError(
+            f"teacher {path} is not a readable torch.export program "
+            f"({str(exc).strip().splitlines()[0]}); re-save it with torch.export.save"
+        ) from None
     return Teacher(path, "exported", module=program.module().to(device), manifest=manifest, device=device)
 
 
@@ -150,13 +166,18 @@ def _load_onnx_teacher(path: Path, manifest: dict | None, device: torch.device) 
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
-    runner = OnnxClassifier(open_session(path, role="teacher", providers=providers),
-                            name=f"ONNX teacher {path}")
+    runner = OnnxClassifier(open_session(path, role="teacher", providers=providers), name=f"ONNX teacher {path}")
     outputs = runner.session.get_outputs()
     last = outputs[0].shape[-1] if outputs[0].shape else None
-    return Teacher(path, "onnx", onnx_session=runner, in_shape=runner.sample_shape,
-                   num_classes=last if isinstance(last, int) else None,
-                   manifest=manifest, device=device)
+    return Teacher(
+        path,
+        "onnx",
+        onnx_session=runner,
+        in_shape=runner.sample_shape,
+        num_classes=last if isinstance(last, int) else None,
+        manifest=manifest,
+        device=device,
+    )
 
 
 class TeacherOutputs:
@@ -172,9 +193,16 @@ class TeacherOutputs:
         self.cache_dir = cache_dir
 
     @classmethod
-    def compute(cls, teacher: Teacher, x_train: torch.Tensor, hint_layers: tuple[str, ...],
-                mode: str, cache_dir: Path, cache_key: Callable[[], str], batch_size: int
-                ) -> "TeacherOutputs":
+    def compute(
+        cls,
+        teacher: Teacher,
+        x_train: torch.Tensor,
+        hint_layers: tuple[str, ...],
+        mode: str,
+        cache_dir: Path,
+        cache_key: Callable[[], str],
+        batch_size: int,
+    ) -> "TeacherOutputs":
         probe_logits, probe_features = teacher(x_train[:2], hint_layers)
         shapes = {"logits": probe_logits.shape[1:], **{n: f.shape[1:] for n, f in probe_features.items()}}
         total = sum(int(np.prod(s)) for s in shapes.values()) * 4 * len(x_train)
@@ -182,29 +210,30 @@ class TeacherOutputs:
             mode = "memory" if total <= MEMORY_CACHE_LIMIT_BYTES else "disk"
         directory = cache_dir / cache_key() if mode == "disk" else None
         if directory is not None and (directory / "complete").exists():
-            return cls({n: np.load(directory / f"{i}.npy", mmap_mode="r")
-                        for i, n in enumerate(shapes)}, cache_dir)
+            return cls({n: np.load(directory / f"{i}.npy", mmap_mode="r") for i, n in enumerate(shapes)}, cache_dir)
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
             directory.mkdir(parents=True)
-            arrays = {n: np.lib.format.open_memmap(directory / f"{i}.npy", mode="w+", dtype=np.float32,
-                                                   shape=(len(x_train), *s))
-                      for i, (n, s) in enumerate(shapes.items())}
+            arrays = {
+                n: np.lib.format.open_memmap(
+                    directory / f"{i}.npy", mode="w+", dtype=np.float32, shape=(len(x_train), *s)
+                )
+                for i, (n, s) in enumerate(shapes.items())
+            }
         else:
             arrays = {n: np.empty((len(x_train), *s), np.float32) for n, s in shapes.items()}
         for start in range(0, len(x_train), batch_size):
-            logits, features = teacher(x_train[start:start + batch_size], hint_layers)
-            arrays["logits"][start:start + len(logits)] = logits.cpu().numpy()
+            logits, features = teacher(x_train[start : start + batch_size], hint_layers)
+            arrays["logits"][start : start + len(logits)] = logits.cpu().numpy()
             for name, value in features.items():
-                arrays[name][start:start + len(value)] = value.cpu().numpy()
+                arrays[name][start : start + len(value)] = value.cpu().numpy()
         if directory is not None:
             for array in arrays.values():
                 array.flush()
             (directory / "complete").touch()
         return cls(arrays, cache_dir if directory is not None else None)
 
-    def lookup(self, indices: torch.Tensor, device: torch.device
-               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def lookup(self, indices: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         idx = indices.cpu().numpy()
         taken = {n: torch.from_numpy(np.ascontiguousarray(a[idx])).to(device) for n, a in self.arrays.items()}
         return taken.pop("logits"), taken

@@ -33,11 +33,11 @@ class DistillConfig(TrainConfig):
     out: str = "runs/student.pt"
     teacher: str = ""
     temperature: float = 4.0
-    alpha: float = 0.9                  # weight of the soft (teacher) term; 1 - alpha for the labels
-    loss: str = "kl"                    # kl (soft targets, scaled by T²) | mse (raw logits)
-    hints: list[str] = field(default_factory=list)   # "TEACHER_LAYER:STUDENT_LAYER"
-    beta: float = 1.0                   # weight of each hint loss
-    teacher_cache: str = "auto"         # auto | memory | disk | off
+    alpha: float = 0.9  # weight of the soft (teacher) term; 1 - alpha for the labels
+    loss: str = "kl"  # kl (soft targets, scaled by T²) | mse (raw logits)
+    hints: list[str] = field(default_factory=list)  # "TEACHER_LAYER:STUDENT_LAYER"
+    beta: float = 1.0  # weight of each hint loss
+    teacher_cache: str = "auto"  # auto | memory | disk | off
 
 
 def parse_hints(hints: list[str]) -> list[tuple[str, str]]:
@@ -45,8 +45,10 @@ def parse_hints(hints: list[str]) -> list[tuple[str, str]]:
     for hint in hints:
         teacher_layer, sep, student_layer = hint.partition(":")
         if not sep or not teacher_layer or not student_layer:
-            raise CompressError(f"--hint {hint!r} must look like TEACHER_LAYER:STUDENT_LAYER "
-                                "(see `compress distill --list-layers MODEL`)")
+            raise CompressError(
+                f"--hint {hint!r} must look like TEACHER_LAYER:STUDENT_LAYER "
+                "(see `compress distill --list-layers MODEL`)"
+            )
         pairs.append((teacher_layer, student_layer))
     return pairs
 
@@ -64,40 +66,42 @@ def check_distill_config(config: DistillConfig) -> None:
     if config.teacher_cache not in CACHE_MODES:
         raise CompressError(f"unknown --teacher-cache {config.teacher_cache!r}; use {', '.join(CACHE_MODES)}")
     if config.augment != "none" and config.teacher_cache in ("memory", "disk"):
-        raise CompressError(f"--teacher-cache {config.teacher_cache} needs the same inputs every epoch, "
-                            "but --augment changes them; use --teacher-cache auto or off")
+        raise CompressError(
+            f"--teacher-cache {config.teacher_cache} needs the same inputs every epoch, "
+            "but --augment changes them; use --teacher-cache auto or off"
+        )
     if config.beta < 0:
         raise CompressError(f"--beta must be >= 0 (got {config.beta})")
     parse_hints(config.hints)
 
 
-def make_projection(student_feature: torch.Tensor, teacher_feature: torch.Tensor,
-                    hint: str) -> torch.nn.Module:
+def make_projection(student_feature: torch.Tensor, teacher_feature: torch.Tensor, hint: str) -> torch.nn.Module:
     """A learned map from the student's feature shape to the teacher's (FitNets regressor)."""
     s, t = student_feature.shape[1:], teacher_feature.shape[1:]
     if len(t) == 3 and len(s) == 3:
         return torch.nn.Conv2d(s[0], t[0], kernel_size=1)
     if len(t) == 1:
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(torch.tensor(s).prod()), t[0]))
-    raise CompressError(f"hint {hint}: cannot map a student feature of shape {list(s)} onto a teacher "
-                        f"feature of shape {list(t)}; pair conv maps (C,H,W) with conv maps, or pick a "
-                        "vector-shaped teacher layer")
+    raise CompressError(
+        f"hint {hint}: cannot map a student feature of shape {list(s)} onto a teacher "
+        f"feature of shape {list(t)}; pair conv maps (C,H,W) with conv maps, or pick a "
+        "vector-shaped teacher layer"
+    )
 
 
-def project(projection: torch.nn.Module, student_feature: torch.Tensor,
-            teacher_feature: torch.Tensor) -> torch.Tensor:
+def project(projection: torch.nn.Module, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
     projected = projection(student_feature)
     if projected.dim() == 4 and projected.shape[2:] != teacher_feature.shape[2:]:
-        projected = F.interpolate(projected, size=teacher_feature.shape[2:], mode="bilinear",
-                                  align_corners=False)
+        projected = F.interpolate(projected, size=teacher_feature.shape[2:], mode="bilinear", align_corners=False)
     return projected
 
 
 class DistillObjective:
     """Soft targets from the teacher, mixed with the labels, plus optional FitNets hints."""
 
-    def __init__(self, config: DistillConfig, teacher: Teacher, student: torch.nn.Module,
-                 dataset: Dataset, device: torch.device):
+    def __init__(
+        self, config: DistillConfig, teacher: Teacher, student: torch.nn.Module, dataset: Dataset, device: torch.device
+    ):
         self.config, self.teacher, self.dataset, self.device = config, teacher, dataset, device
         self.hints = parse_hints(config.hints)
         self.teacher_layers = tuple(t for t, _ in self.hints)
@@ -113,9 +117,11 @@ class DistillObjective:
 
     def _build_projections(self, student: torch.nn.Module) -> None:
         if not self.teacher.supports_hints:
-            raise CompressError(f"--hint needs a teacher whose layers can be reached by name; "
-                                f"a {self.teacher.kind} teacher gives logits only. Use a compress "
-                                "checkpoint (.pt) as the teacher, or drop --hint")
+            raise CompressError(
+                f"--hint needs a teacher whose layers can be reached by name; "
+                f"a {self.teacher.kind} teacher gives logits only. Use a compress "
+                "checkpoint (.pt) as the teacher, or drop --hint"
+            )
         probe = torch.from_numpy(self.dataset.x_train[:2]).to(self.device)
         _, teacher_features = self.teacher(probe, self.teacher_layers)
         student_features: dict[str, torch.Tensor] = {}
@@ -125,9 +131,11 @@ class DistillObjective:
             student(probe)
         student.train(was_training)
         for teacher_layer, student_layer in self.hints:
-            self.projections.append(make_projection(student_features[student_layer],
-                                                    teacher_features[teacher_layer],
-                                                    f"{teacher_layer}:{student_layer}"))
+            self.projections.append(
+                make_projection(
+                    student_features[student_layer], teacher_features[teacher_layer], f"{teacher_layer}:{student_layer}"
+                )
+            )
 
     def prepare(self, x_train: torch.Tensor) -> None:
         x_test = torch.from_numpy(self.dataset.x_test).to(self.device)
@@ -138,9 +146,15 @@ class DistillObjective:
         if mode == "off":
             return
         started = time.perf_counter()
-        self.cache = TeacherOutputs.compute(self.teacher, x_train, self.teacher_layers, mode,
-                                            cache_dir=self._cache_dir(), cache_key=self._cache_key,
-                                            batch_size=self.config.batch_size)
+        self.cache = TeacherOutputs.compute(
+            self.teacher,
+            x_train,
+            self.teacher_layers,
+            mode,
+            cache_dir=self._cache_dir(),
+            cache_key=self._cache_key,
+            batch_size=self.config.batch_size,
+        )
         self.cache_mode = "disk" if self.cache.cache_dir else "memory"
         self.cache_seconds = time.perf_counter() - started
         log(f"teacher outputs cached in {self.cache_mode} ({self.cache_seconds:.1f}s)")
@@ -151,9 +165,13 @@ class DistillObjective:
 
     def _cache_key(self) -> str:
         """Names a disk cache by everything its content depends on."""
-        facts = {"teacher": sha256_file(self.teacher.path), "data": self.dataset.fingerprint,
-                 "split": [self.dataset.val_fraction, self.dataset.split_seed],
-                 "preprocessing": self.dataset.preprocessing.to_dict(), "layers": self.teacher_layers}
+        facts = {
+            "teacher": sha256_file(self.teacher.path),
+            "data": self.dataset.fingerprint,
+            "split": [self.dataset.val_fraction, self.dataset.split_seed],
+            "preprocessing": self.dataset.preprocessing.to_dict(),
+            "layers": self.teacher_layers,
+        }
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
     def loss(self, model, x, y, indices, augmented):
@@ -164,11 +182,17 @@ class DistillObjective:
         student_features: dict[str, torch.Tensor] = {}
         with capture_outputs(model, self.student_layers, student_features):
             logits = model(x)
-        loss = distillation_loss(logits, teacher_logits, y, self.config.temperature, self.config.alpha,
-                                 self.config.loss, self.config.label_smoothing)
+        loss = distillation_loss(
+            logits,
+            teacher_logits,
+            y,
+            self.config.temperature,
+            self.config.alpha,
+            self.config.loss,
+            self.config.label_smoothing,
+        )
         for projection, (teacher_layer, student_layer) in zip(self.projections, self.hints):
-            projected = project(projection, student_features[student_layer],
-                                teacher_features[teacher_layer])
+            projected = project(projection, student_features[student_layer], teacher_features[teacher_layer])
             loss = loss + self.config.beta * hint_loss(projected, teacher_features[teacher_layer])
         return loss, logits
 
@@ -185,8 +209,12 @@ class DistillObjective:
         return [("teacher", self.teacher.path)]
 
     def metrics(self) -> dict[str, Any]:
-        return {"teacher_test_accuracy": self.teacher_test_accuracy, "teacher_kind": self.teacher.kind,
-                "teacher_cache": self.cache_mode, "teacher_cache_s": round(self.cache_seconds, 3)}
+        return {
+            "teacher_test_accuracy": self.teacher_test_accuracy,
+            "teacher_kind": self.teacher.kind,
+            "teacher_cache": self.cache_mode,
+            "teacher_cache_s": round(self.cache_seconds, 3),
+        }
 
     def finish(self) -> None:
         if self.cache is not None:
@@ -203,25 +231,33 @@ def load_matching_teacher(config: DistillConfig, device: torch.device) -> tuple[
     preprocessing = Preprocessing.from_dict(teacher.preprocessing) if teacher.preprocessing else None
     dataset = load_dataset(config.data, config.val_fraction, config.split_seed, preprocessing)
     if teacher.in_shape is not None and tuple(teacher.in_shape) != tuple(dataset.in_shape):
-        raise CompressError(f"teacher {teacher.path} takes inputs of shape {list(teacher.in_shape)} but "
-                            f"{config.data} gives {list(dataset.in_shape)}; distil on the data the "
-                            "teacher was trained on")
+        raise CompressError(
+            f"teacher {teacher.path} takes inputs of shape {list(teacher.in_shape)} but "
+            f"{config.data} gives {list(dataset.in_shape)}; distil on the data the "
+            "teacher was trained on"
+        )
     labels = (teacher.manifest or {}).get("labels")
     if labels is not None and list(labels) != list(dataset.labels):
-        raise CompressError(f"teacher {teacher.path} knows {len(labels)} classes {labels[:5]}... but "
-                            f"{config.data} has {dataset.num_classes} {dataset.labels[:5]}...; "
-                            "use the teacher's dataset")
+        raise CompressError(
+            f"teacher {teacher.path} knows {len(labels)} classes {labels[:5]}... but "
+            f"{config.data} has {dataset.num_classes} {dataset.labels[:5]}...; "
+            "use the teacher's dataset"
+        )
     probe = torch.from_numpy(dataset.x_train[:2]).to(device)
     try:
         logits, _ = teacher(probe)
     except CompressError:
         raise
     except Exception as exc:  # a foreign model may fail in any way on the wrong input
-        raise CompressError(f"teacher {teacher.path} fails on inputs of shape {list(dataset.in_shape)} "
-                            f"({str(exc).strip().splitlines()[0][:160]}); check --data") from None
+        raise CompressError(
+            f"teacher {teacher.path} fails on inputs of shape {list(dataset.in_shape)} "
+            f"({str(exc).strip().splitlines()[0][:160]}); check --data"
+        ) from None
     if logits.dim() != 2 or logits.shape[1] != dataset.num_classes:
-        raise CompressError(f"teacher {teacher.path} outputs shape {list(logits.shape[1:])} per sample but "
-                            f"{config.data} has {dataset.num_classes} classes; it must output one logit per class")
+        raise CompressError(
+            f"teacher {teacher.path} outputs shape {list(logits.shape[1:])} per sample but "
+            f"{config.data} has {dataset.num_classes} classes; it must output one logit per class"
+        )
     return teacher, dataset
 
 

@@ -27,9 +27,12 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(OrderedDict(
-                conv=nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                bn=nn.BatchNorm2d(out_channels)))
+            self.shortcut = nn.Sequential(
+                OrderedDict(
+                    conv=nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                    bn=nn.BatchNorm2d(out_channels),
+                )
+            )
         self.relu2 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -37,8 +40,7 @@ class BasicBlock(nn.Module):
         return self.relu2(y + self.shortcut(x))
 
 
-def resnet(in_shape: tuple[int, ...], num_classes: int, width: int = 16,
-           blocks: int = 1) -> nn.Module:
+def resnet(in_shape: tuple[int, ...], num_classes: int, width: int = 16, blocks: int = 1) -> nn.Module:
     """A ResNet of depth 6 * ``blocks`` + 2 with stage widths ``width``, 2w, 4w.
 
     Children: ``stem`` (conv3x3-BN-ReLU), ``layer1`` .. ``layer3`` (stride 2 at the start of
@@ -49,9 +51,11 @@ def resnet(in_shape: tuple[int, ...], num_classes: int, width: int = 16,
     num_classes = check_num_classes("resnet", num_classes)
     width = positive_int("resnet", "width", width)
     blocks = positive_int("resnet", "blocks", blocks)
-    stages: OrderedDict[str, nn.Module] = OrderedDict(stem=nn.Sequential(OrderedDict(
-        conv=nn.Conv2d(c, width, 3, padding=1, bias=False), bn=nn.BatchNorm2d(width),
-        relu=nn.ReLU())))
+    stages: OrderedDict[str, nn.Module] = OrderedDict(
+        stem=nn.Sequential(
+            OrderedDict(conv=nn.Conv2d(c, width, 3, padding=1, bias=False), bn=nn.BatchNorm2d(width), relu=nn.ReLU())
+        )
+    )
     c = width
     for i, out in enumerate((width, 2 * width, 4 * width), start=1):
         stages[f"layer{i}"] = _stage(c, out, blocks, stride=1 if i == 1 else 2)
@@ -62,8 +66,10 @@ def resnet(in_shape: tuple[int, ...], num_classes: int, width: int = 16,
 
 def _stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:
     """``blocks`` basic blocks; the first one changes the stride and the channels."""
-    return nn.Sequential(BasicBlock(in_channels, out_channels, stride),
-                         *(BasicBlock(out_channels, out_channels) for _ in range(blocks - 1)))
+    return nn.Sequential(
+        BasicBlock(in_channels, out_channels, stride),
+        *(BasicBlock(out_channels, out_channels) for _ in range(blocks - 1)),
+    )
 
 
 def resnet8(in_shape: tuple[int, ...], num_classes: int, width: int = 16) -> nn.Module:

@@ -12,8 +12,9 @@ class TinyTransformer(nn.Module):
         channels, height, width = in_shape
         self.embed = nn.Linear(channels * width, dim)
         self.position = nn.Parameter(torch.zeros(1, height, dim))
-        self.encoder = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0,
-                                                  batch_first=True, activation="gelu")
+        self.encoder = nn.TransformerEncoderLayer(
+            dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True, activation="gelu"
+        )
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, x):
