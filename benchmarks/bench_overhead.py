@@ -23,8 +23,8 @@ import onnx
 from common import RESULTS, machine, write_section
 from onnx import TensorProto, helper, numpy_helper
 
-from compress.bench.latency import time_calls
-from compress.bench.runner import Loaded, make_call
+from compress.measure.latency import time_calls
+from compress.measure.runner import Loaded, make_call
 from compress.onnx_io import OnnxClassifier, open_session
 
 SECTION = "bench_overhead"

@@ -26,8 +26,8 @@ import numpy as np
 from common import RESULTS, commands_block, machine, write_section
 
 from compress.artifacts import manifest_path
-from compress.bench.latency import compare
 from compress.data import Preprocessing, load_dataset
+from compress.measure.latency import compare
 from compress.onnx_io import OnnxClassifier, model_info, open_session
 
 SECTION = "quantize_mnist"
@@ -91,7 +91,10 @@ def measure(
                 pair = {
                     n: OnnxClassifier(open_session(p, threads=t)) for n, p in (("fp32", models["fp32"]), (name, path))
                 }
-                calls = {n: (lambda r=r: r.session.run([r.output_name], {r.input_name: feed})) for n, r in pair.items()}
+                calls = {
+                    n: (lambda r=r, feed=feed: r.session.run([r.output_name], {r.input_name: feed}))
+                    for n, r in pair.items()
+                }
                 comparison = compare(calls, baseline="fp32", batch_size=b, rounds=rounds, seconds_per_round=0.3)
                 ratio, low, high = comparison.speedup(name)
                 results[name][f"b{b}t{t}"] = {

@@ -3,7 +3,9 @@
 Every artifact ``X.pt`` / ``X.onnx`` has a manifest ``X.pt.json`` / ``X.onnx.json`` beside it
 (so a checkpoint and its export can share a stem) that says what made it,
 from what, how to feed it (input spec, preprocessing, labels) and what has been measured of it.
-Stages talk to each other only through these files.
+Stages talk to each other only through these files; their schema is
+:class:`compress.manifest.Manifest`, checked on every write (``write_manifest``) and read
+(``read_manifest``).
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from .errors import CompressError
+from pydantic import ValidationError
 
-MANIFEST_FORMAT = "compress-manifest/1"
+from .errors import CompressError, foreign_errors
+from .manifest import MANIFEST_FORMAT, future_format, manifest_problem, to_dict, validate
+
 CHECKPOINT_FORMAT = "compress-checkpoint/1"
 
 
@@ -93,19 +98,78 @@ def _json_default(value: Any) -> Any:
 
 
 def read_manifest(artifact: str | Path, required: bool = False) -> dict[str, Any] | None:
-    """The manifest beside ``artifact``, or None when there is none (an error if ``required``)."""
+    """The manifest beside ``artifact``, checked against :class:`compress.manifest.Manifest`, as a
+    plain dict; None when there is none (an error if ``required``).
+
+    A manifest that is not JSON, not an object, from a newer compress, or that lacks a key or
+    has a wrong value (a damaged or hand-edited file) is a CompressError naming the file and the
+    field, so a stage never trips over it halfway through.
+    """
     path = manifest_path(artifact)
     if not path.exists():
         if required:
             raise CompressError(f"{artifact} has no manifest ({path.name}); it must be an artifact written by compress")
         return None
     try:
-        manifest = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CompressError(f"manifest {path} is not valid JSON ({exc}); delete it or re-create the artifact") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise CompressError(f"{path} is not a compress manifest (expected format {MANIFEST_FORMAT})")
-    return manifest
+        raise CompressError(
+            f"manifest {path} is not valid JSON ({' '.join(str(exc).split())}); "
+            "re-create the artifact or restore its manifest"
+        ) from None
+    except OSError as exc:
+        raise CompressError(f"manifest {path} cannot be read ({exc.strerror or exc}); check its permissions") from None
+    if not isinstance(data, dict):
+        raise CompressError(
+            f"manifest {path} is not a compress manifest (a JSON {_json_kind(data)}, "
+            f"not an object of format {MANIFEST_FORMAT}); "
+            "re-create the artifact or restore its manifest"
+        )
+    newer = future_format(data)
+    if newer:
+        raise CompressError(
+            f"manifest {path} was written by a newer compress (format {newer}; this "
+            f"one reads {MANIFEST_FORMAT}); upgrade compress to use this artifact"
+        )
+    try:
+        return to_dict(validate(data))
+    except ValidationError as exc:
+        raise CompressError(
+            f"manifest {path}: {manifest_problem(exc)}; re-create the artifact or restore its manifest"
+        ) from None
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
+def write_manifest(artifact: str | Path, manifest: dict[str, Any]) -> Path:
+    """Check ``manifest`` against :class:`compress.manifest.Manifest`, then write it beside
+    ``artifact`` atomically; returns its path.
+
+    What is checked is what a reader will parse (the JSON text, round-tripped), so every
+    manifest on disk reads back. A manifest that fails is a bug in compress, not the user's
+    doing: a plain RuntimeError, and nothing is written.
+    """
+    text = _manifest_text(artifact, manifest)
+    path = manifest_path(artifact)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def _manifest_text(artifact: str | Path, manifest: dict[str, Any]) -> str:
+    """``manifest`` as the JSON text to write, once it is known to validate (RuntimeError if not)."""
+    text = json.dumps(manifest, indent=2, sort_keys=False, default=_json_default) + "\n"
+    try:
+        validate(json.loads(text))
+    except ValidationError as exc:
+        raise RuntimeError(
+            f"compress made an invalid manifest for {artifact} ({manifest_problem(exc)}); this is a bug in compress"
+        ) from exc
+    return text
 
 
 def versions() -> dict[str, str]:
@@ -156,13 +220,17 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any], manifest: dict
     import torch
 
     checkpoint = {"format": CHECKPOINT_FORMAT, **checkpoint}
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        # through a file object, not the (random) temporary name, which torch.save would record in
-        # the archive: the same weights then give the same bytes, and the same sha256
-        torch.save(checkpoint, f)
-    manifest["sha256"] = sha256_file(path)
-    manifest["size_bytes"] = Path(path).stat().st_size
-    write_json(manifest_path(path), manifest)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            # through a file object, not the (random) temporary name, which torch.save would record
+            # in the archive: the same weights then give the same bytes, and the same sha256
+            torch.save(checkpoint, f)
+        manifest["sha256"] = sha256_file(tmp)
+        manifest["size_bytes"] = tmp.stat().st_size
+        # checked before the checkpoint goes into place: an invalid manifest keeps the old pair
+        text = _manifest_text(path, manifest)
+    with atomic_path(manifest_path(path)) as tmp:
+        tmp.write_text(text)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -172,14 +240,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CompressError(f"checkpoint {path} does not exist; check the path")
-    try:
+    # torch.load fails in many ways on damaged or foreign files
+    with foreign_errors(
+        f"{path} is not a readable compress checkpoint", "re-create it with `compress train` or `compress distill`"
+    ):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load fails in many ways on damaged or foreign files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CompressError(
-            f"{path} is not a readable compress checkpoint ({first_line}); "
-            "re-create it with `compress train` or `compress distill`"
-        ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CompressError(
             f"{path} is a torch file but not a compress checkpoint; "

@@ -1,4 +1,9 @@
-"""The one error type a user can cause and fix."""
+"""The one error type a user can cause and fix, and the one place foreign errors become it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 
 class CompressError(Exception):
@@ -7,3 +12,26 @@ class CompressError(Exception):
     The message says what went wrong and what to do about it; the CLI prints it on one line
     and exits with status 2, without a traceback.
     """
+
+
+def first_line(exc: BaseException, limit: int = 200, typed: bool = False) -> str:
+    """The first line of an exception's message (its type when it has none), at most ``limit`` long;
+    ``typed`` puts the type in front (``ValueError: bad size``), for errors raised by user code."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    if typed or not line:
+        line = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return line[:limit]
+
+
+@contextlib.contextmanager
+def foreign_errors(what: str, advice: str, limit: int = 200) -> Iterator[None]:
+    """Any exception but a ``CompressError`` raised inside becomes one:
+    ``{what} ({its first line}); {advice}``. For calls into libraries that fail in many ways
+    on input they cannot handle (torch.load, the exporters, onnxruntime, Torch-Pruning)."""
+    try:
+        yield
+    except CompressError:
+        raise
+    except Exception as exc:
+        raise CompressError(f"{what} ({first_line(exc, limit)}); {advice}") from None

@@ -8,7 +8,7 @@ its manifest. What is trained *towards* is the objective's business (plain label
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 import math
 import time
 from pathlib import Path
@@ -18,13 +18,16 @@ import torch
 
 from .artifacts import atomic_path, input_record, new_manifest, save_checkpoint
 from .data import Dataset
+from .distillation.losses import hard_label_ce
 from .errors import CompressError
 from .modelspec import canonical_spec, count_macs, count_params
-from .progress import log, step_bar
+from .progress import step_bar
 
 RESUME_FORMAT = "compress-resume/1"
 # Config fields that may differ between an interrupted run and its resumption.
 RESUME_FREE_FIELDS = {"resume", "device"}
+
+log = logging.getLogger(__name__).info
 
 
 class Objective(Protocol):
@@ -116,20 +119,36 @@ def make_schedule(config, optimizer, total_steps: int):
     raise CompressError(f"unknown schedule {config.schedule!r}; use onecycle, cosine or constant")
 
 
-def check_config(config) -> None:
-    """Refuse settings that cannot work before any data is loaded."""
-    problems = [
-        (config.epochs < 1, f"--epochs must be at least 1 (got {config.epochs})"),
-        (config.batch_size < 1, f"--batch-size must be at least 1 (got {config.batch_size})"),
-        (not config.lr > 0, f"--lr must be positive (got {config.lr})"),
-        (config.weight_decay < 0, f"--weight-decay must be >= 0 (got {config.weight_decay})"),
-        (not 0 <= config.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {config.label_smoothing})"),
-        (config.augment not in ("none", "shift"), f"unknown --augment {config.augment!r}; use none or shift"),
-        (not str(config.out).endswith(".pt"), f"--out must name a .pt file (got {config.out})"),
-    ]
-    for failed, message in problems:
-        if failed:
-            raise CompressError(message)
+class LabelObjective:
+    """Cross-entropy with the true labels (optionally smoothed)."""
+
+    def __init__(self, label_smoothing: float):
+        self.label_smoothing = label_smoothing
+
+    def prepare(self, x_train: torch.Tensor) -> None:
+        pass
+
+    def loss(self, model, x, y, indices, augmented):
+        logits = model(x)
+        return hard_label_ce(logits, y, self.label_smoothing), logits
+
+    def parameters(self):
+        return []
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def inputs(self) -> list[tuple[str, Path]]:
+        return []
+
+    def metrics(self) -> dict[str, Any]:
+        return {}
+
+    def finish(self) -> None:
+        pass
 
 
 class Fit:
@@ -165,7 +184,7 @@ class Fit:
 
     # -- resume ----------------------------------------------------------------------------
     def _config_dict(self) -> dict:
-        return dataclasses.asdict(self.config)
+        return self.config.model_dump(mode="json")
 
     def save_resume_state(self) -> None:
         state = {

@@ -14,14 +14,15 @@ import importlib.util
 import inspect
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import CompressError
+from .errors import CompressError, first_line
 from .models import ZOO
 
 ZOO_HELP = (
@@ -121,7 +122,7 @@ def _load_file(path: Path) -> ModuleType:
     except Exception as exc:
         del sys.modules[name]
         raise CompressError(
-            f"model file {path} failed to import ({_first_line(exc)}); fix the error in that file"
+            f"model file {path} failed to import ({first_line(exc, typed=True)}); fix the error in that file"
         ) from exc
     return module
 
@@ -131,7 +132,7 @@ def _load_module(name: str) -> ModuleType:
         return importlib.import_module(name)
     except Exception as exc:
         raise CompressError(
-            f"module '{name}' failed to import ({_first_line(exc)}); install it "
+            f"module '{name}' failed to import ({first_line(exc, typed=True)}); install it "
             "or put it on PYTHONPATH, or use the form path/to/file.py:factory"
         ) from exc
 
@@ -150,7 +151,7 @@ def build_model(
     except Exception as exc:
         raise CompressError(
             f"model '{spec}' could not be built for input shape {in_shape} and "
-            f"{num_classes} classes with {args} ({_first_line(exc)}); "
+            f"{num_classes} classes with {args} ({first_line(exc, typed=True)}); "
             "check the model arguments"
         ) from exc
     if not isinstance(model, nn.Module):
@@ -310,13 +311,8 @@ def _forward_zeros(model: nn.Module, in_shape: tuple[int, ...], batch: int, what
     except Exception as exc:
         raise CompressError(
             f"{what} fails on a zeros input of shape {(batch, *in_shape)} "
-            f"({_first_line(exc)}); check the input shape matches the model"
+            f"({first_line(exc, typed=True)}); check the input shape matches the model"
         ) from exc
     finally:
         for module, training in modes:
             module.training = training
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -11,12 +11,13 @@ import functools
 import io
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from .errors import CompressError
+from .errors import CompressError, foreign_errors
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -46,11 +47,6 @@ def quiet() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
-
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
 
 
 @functools.cache
@@ -88,20 +84,16 @@ def load_model(path: str | Path, role: str = "model", check: bool = True):
     path = Path(path)
     if not path.is_file():
         raise CompressError(f"{role} {path} does not exist; check the path")
-    try:
+    # protobuf DecodeError, missing external data, ...
+    with foreign_errors(
+        f"{role} {path} is not a readable ONNX model", "give an .onnx file written by `compress export` or torch.onnx"
+    ):
         model = onnx.load(str(path))
-    except Exception as exc:  # protobuf DecodeError, missing external data, ...
-        raise CompressError(
-            f"{role} {path} is not a readable ONNX model ({first_line(exc)}); "
-            "give an .onnx file written by `compress export` or torch.onnx"
-        ) from None
     if not model.graph.node and not model.graph.input:
         raise CompressError(f"{role} {path} holds no ONNX graph; give an .onnx model file")
     if check:
-        try:
+        with foreign_errors(f"{role} {path} fails the ONNX checker", "re-export it"):
             onnx.checker.check_model(str(path))
-        except Exception as exc:
-            raise CompressError(f"{role} {path} fails the ONNX checker ({first_line(exc)}); re-export it") from None
     opset = default_opset(model)
     if opset is not None and opset > max_runtime_opset():
         raise CompressError(
@@ -161,15 +153,12 @@ def open_session(
     import onnxruntime as ort
 
     options = session_options(threads, optimization, optimized_model_path, external_initializers)
-    try:
-        source = model if isinstance(model, bytes) else str(model)
+    source = model if isinstance(model, bytes) else str(model)
+    where = "the model" if isinstance(model, bytes) else source
+    with foreign_errors(
+        f"onnxruntime cannot load {role} {where}", "re-export it or check that its operators are supported"
+    ):
         return ort.InferenceSession(source, sess_options=options, providers=providers or ["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime's own exception types
-        where = "the model" if isinstance(model, bytes) else str(model)
-        raise CompressError(
-            f"onnxruntime cannot load {role} {where} ({first_line(exc)}); "
-            "re-export it or check that its operators are supported"
-        ) from None
 
 
 class OnnxClassifier:

@@ -13,57 +13,66 @@ files it wrote. A stage interrupted mid-way is picked up again: training and dis
 resume from their last finished epoch; the others start over (every stage writes its outputs
 atomically, so nothing half-written is ever taken for done). ``run.lock`` keeps a second run
 out of a folder in use.
+
+What runs is the stage registry's (``compress.stages``): each step is a stage with its config.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import datetime as _dt
 import hashlib
 import json
-import os
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .artifacts import sha256_file, write_json
-from .errors import CompressError
-from .recipe import Recipe, config_classes, data_files
+from .errors import CompressError, first_line
+from .recipe import Recipe, data_files
+from .stages import STAGES, Stage
 
 RUN_FORMAT = "compress-run/1"
-# Config fields that do not change what a stage computes.
-UNFINGERPRINTED = {"resume"}
+log = logging.getLogger(__name__).info
 
 
 @dataclass
-class Stage:
-    name: str  # what --force takes
-    table: str  # the recipe table of its settings
-    config: Any  # the stage's config dataclass, paths filled in
-    inputs: dict[str, Path]  # role -> a file it reads (hashed)
-    outputs: list[Path]  # files it writes (hashed once it finished)
+class Step:
+    """One stage of the run: which stage, under which name, with which config and files."""
+
+    name: str  # what --force takes: export-teacher, quantize, ...
+    stage: Stage  # the registry's record of the stage it runs
+    config: Any  # the stage's config, paths filled in
     data: str | None = None  # a data source it reads (its files hashed)
-    resumable: bool = False  # train/distill: continue from the last finished epoch
 
     @property
-    def kind(self) -> str:
-        """The command it runs: export-teacher -> export."""
-        return self.name.split("-")[0]
+    def inputs(self) -> dict[str, Path]:
+        """role -> a file it reads (hashed): the stage's ``reads`` fields."""
+        found = {}
+        for name in self.stage.reads:
+            value = getattr(self.config, name)
+            if isinstance(value, list):
+                found.update({f"{name}[{i}]": Path(v) for i, v in enumerate(value)})
+            elif value is not None:
+                found[name] = Path(value)
+        return found
+
+    @property
+    def outputs(self) -> list[Path]:
+        """What it writes (hashed once it finished); a folder by the report in it."""
+        paths = [Path(getattr(self.config, name)) for name in self.stage.writes]
+        return [path / "report.json" if name == "report" else path for name, path in zip(self.stage.writes, paths)]
 
     def settings(self) -> dict[str, Any]:
         """The config that decides what the stage computes (its file paths are hashed instead)."""
-        paths = {"out", "report", *self.inputs}
-        config = {
-            k: v for k, v in dataclasses.asdict(self.config).items() if k not in paths and k not in UNFINGERPRINTED
-        }
-        return json.loads(json.dumps(config, default=str))
+        skip = {*self.stage.reads, *self.stage.writes, "resume"}
+        return self.config.model_dump(mode="json", exclude=skip & set(type(self.config).model_fields))
 
 
 @dataclass
 class Decision:
-    stage: Stage
+    step: Step
     run: bool
     reason: str
     resume: bool = False
@@ -72,7 +81,7 @@ class Decision:
 @dataclass
 class Plan:
     recipe: Recipe
-    stages: list[Stage]
+    steps: list[Step]
     variants: list[tuple[str, Path]] = field(default_factory=list)  # (label, onnx) benched, teacher first
 
     @property
@@ -85,111 +94,44 @@ class Plan:
 
 
 def build_plan(recipe: Recipe) -> Plan:
-    """The stages of ``recipe``, in order, each with its config and files."""
-    classes = config_classes()
-    out, data, tables = recipe.out, recipe.data, recipe.tables
-    stages: list[Stage] = []
+    """The steps of ``recipe``, in order, each with its config (checked) and files."""
+    out, data = recipe.out, recipe.data
+    steps: list[Step] = []
 
-    def config(table: str, **paths: Any) -> Any:
-        return classes[table](**paths, **tables.get(table, {}))
+    def add(name: str, table: str, reads_data: bool = False, **paths: Any) -> None:
+        steps.append(
+            Step(name, STAGES[name.split("-")[0]], recipe.build(table, **paths), data=data if reads_data else None)
+        )
 
     if recipe.teacher_path is None:
         teacher = out / "teacher.pt"
-        stages.append(
-            Stage(
-                "train",
-                "teacher",
-                config("teacher", out=str(teacher), data=data),
-                {},
-                [teacher],
-                data=data,
-                resumable=True,
-            )
-        )
+        add("train", "teacher", reads_data=True, out=str(teacher), data=data)
     else:
         teacher = recipe.teacher_path
     student = out / "student.pt"
-    stages.append(
-        Stage(
-            "distill",
-            "student",
-            config("student", out=str(student), data=data, teacher=str(teacher)),
-            {"teacher": teacher},
-            [student],
-            data=data,
-            resumable=True,
-        )
-    )
+    add("distill", "student", reads_data=True, out=str(student), data=data, teacher=str(teacher))
     if teacher.suffix == ".onnx":
         teacher_onnx = teacher
     else:
         teacher_onnx = out / "teacher.onnx"
-        stages.append(_export("export-teacher", config, teacher, teacher_onnx))
+        add("export-teacher", "export", checkpoint=str(teacher), out=str(teacher_onnx))
     student_onnx = out / "student.onnx"
-    stages.append(_export("export-student", config, student, student_onnx))
+    add("export-student", "export", checkpoint=str(student), out=str(student_onnx))
     variants = [("teacher", teacher_onnx), ("student", student_onnx)]
     final = student_onnx
     if recipe.has("prune"):
         pruned = out / "student.pruned.pt"
-        stages.append(
-            Stage(
-                "prune",
-                "prune",
-                config("prune", checkpoint=str(student), out=str(pruned), teacher=str(teacher)),
-                {"checkpoint": student, "teacher": teacher},
-                [pruned],
-            )
-        )
+        add("prune", "prune", checkpoint=str(student), out=str(pruned), teacher=str(teacher))
         final = out / "student.pruned.onnx"
-        stages.append(_export("export-pruned", config, pruned, final))
+        add("export-pruned", "export", checkpoint=str(pruned), out=str(final))
         variants.append(("student pruned", final))
     if recipe.has("quantize"):
         int8 = final.with_name(final.stem + ".int8.onnx")
-        stages.append(
-            Stage("quantize", "quantize", config("quantize", model=str(final), out=str(int8)), {"model": final}, [int8])
-        )
+        add("quantize", "quantize", model=str(final), out=str(int8))
         variants.append((("student pruned" if final != student_onnx else "student") + " int8", int8))
-    report = out / "report"
-    models = [path for _, path in variants]
-    stages.append(
-        Stage(
-            "bench",
-            "bench",
-            config("bench", models=[str(p) for p in models], report=str(report), baseline=str(teacher_onnx)),
-            {f"models[{i}]": p for i, p in enumerate(models)},
-            [report / "report.json"],
-        )
-    )
-    checks = _config_checks()
-    for stage in stages:
-        recipe.check(stage.table, checks[stage.kind], stage.config)
-    return Plan(recipe, stages, variants)
-
-
-def _config_checks() -> dict[str, Callable[[Any], None]]:
-    """Each stage's own check of its settings, run on the whole plan before any stage starts."""
-    from .bench.run import check_config as check_bench
-    from .distill.trainer import check_distill_config
-    from .export import check_config as check_export
-    from .loop import check_config as check_training
-    from .prune import check_prune_config
-    from .quantize import check_config as check_quantize
-
-    return {
-        "train": check_training,
-        "distill": check_distill_config,
-        "prune": check_prune_config,
-        "export": check_export,
-        "quantize": check_quantize,
-        # bench's check puts a missing baseline into the model list: give it a copy
-        "bench": lambda config: check_bench(dataclasses.replace(config, models=list(config.models))),
-    }
-
-
-def _export(name: str, config: Callable, checkpoint: Path, onnx: Path) -> Stage:
-    return Stage(
-        name, "export", config("export", checkpoint=str(checkpoint), out=str(onnx)), {"checkpoint": checkpoint}, [onnx]
-    )
+    models = [str(path) for _, path in variants]
+    add("bench", "bench", models=models, report=str(out / "report"), baseline=str(teacher_onnx))
+    return Plan(recipe, steps, variants)
 
 
 # -- deciding what runs -------------------------------------------------------------------------
@@ -217,10 +159,10 @@ class Hashes:
             digest.update(f"{path.name}:{self.file(path)}".encode())
         return digest.hexdigest()
 
-    def inputs(self, stage: Stage) -> dict[str, str | None]:
-        found = {role: self.file(path) for role, path in stage.inputs.items()}
-        if stage.data:
-            found["data"] = self.data(stage.data)
+    def inputs(self, step: Step) -> dict[str, str | None]:
+        found = {role: self.file(path) for role, path in step.inputs.items()}
+        if step.data:
+            found["data"] = self.data(step.data)
         return found
 
 
@@ -237,74 +179,74 @@ def read_log(plan: Plan) -> dict[str, Any]:
     return log
 
 
-def decide(stage: Stage, record: dict | None, forced: bool, rebuilt: set[Path], hashes: Hashes) -> Decision:
-    """Whether ``stage`` runs, and why; ``rebuilt``: outputs of earlier stages that will run first."""
+def decide(step: Step, record: dict | None, forced: bool, rebuilt: set[Path], hashes: Hashes) -> Decision:
+    """Whether ``step`` runs, and why; ``rebuilt``: outputs of earlier steps that will run first."""
     from .loop import resume_path
 
     resume = (
-        stage.resumable
+        step.stage.resumable
         and record is not None
         and record.get("status") != "done"
-        and resume_path(stage.config.out).exists()
+        and resume_path(step.config.out).exists()
     )
     if forced:
-        return Decision(stage, True, "forced (--force)")
-    pending = [p.name for p in stage.inputs.values() if p in rebuilt]
+        return Decision(step, True, "forced (--force)")
+    pending = [p.name for p in step.inputs.values() if p in rebuilt]
     if pending:
-        return Decision(stage, True, f"{', '.join(pending)} {'is' if len(pending) == 1 else 'are'} made first")
+        return Decision(step, True, f"{', '.join(pending)} {'is' if len(pending) == 1 else 'are'} made first")
     if record is None:
-        return Decision(stage, True, "not run yet")
-    changed = _changes(stage, record, hashes)
+        return Decision(step, True, "not run yet")
+    changed = _changes(step, record, hashes)
     if record.get("status") != "done":
         if changed:
-            return Decision(stage, True, f"{record.get('status')} last time; since then {changed}")
+            return Decision(step, True, f"{record.get('status')} last time; since then {changed}")
         return Decision(
-            stage,
+            step,
             True,
             f"{record.get('status')} last time" + ("; resumes from its last finished epoch" if resume else ""),
             resume=resume,
         )
     if changed:
-        return Decision(stage, True, changed)
-    for path in stage.outputs:
+        return Decision(step, True, changed)
+    for path in step.outputs:
         if hashes.file(path) != record.get("outputs", {}).get(str(path)):
             what = "missing" if not path.exists() else "changed since it was written"
-            return Decision(stage, True, f"output {path.name} is {what}")
-    return Decision(stage, False, "up to date")
+            return Decision(step, True, f"output {path.name} is {what}")
+    return Decision(step, False, "up to date")
 
 
-def _changes(stage: Stage, record: dict, hashes: Hashes) -> str:
-    """What differs from the last run of the stage: settings, then inputs ('' when nothing)."""
-    before, now = record.get("settings", {}), stage.settings()
+def _changes(step: Step, record: dict, hashes: Hashes) -> str:
+    """What differs from the last run of the step: settings, then inputs ('' when nothing)."""
+    before, now = record.get("settings", {}), step.settings()
     keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if keys:
         return f"settings changed: {', '.join(keys)}"
-    old_inputs, new_inputs = record.get("inputs", {}), hashes.inputs(stage)
+    old_inputs, new_inputs = record.get("inputs", {}), hashes.inputs(step)
     roles = [role for role in new_inputs if old_inputs.get(role) != new_inputs[role]]
     if roles:
-        names = [stage.data if role == "data" else stage.inputs[role].name for role in roles]
-        return f"input changed: {', '.join(names)}"
+        names = [step.data if role == "data" else step.inputs[role].name for role in roles]
+        return f"input changed: {', '.join(dict.fromkeys(names))}"
     return ""
 
 
 def dry_run(plan: Plan, force: set[str]) -> list[Decision]:
     """What ``run`` would do now, without running anything."""
-    log, hashes = read_log(plan), Hashes()
+    run_log, hashes = read_log(plan), Hashes()
     decisions, rebuilt = [], set()
-    for stage in plan.stages:
-        decision = decide(stage, log["stages"].get(stage.name), _forced(stage, force), rebuilt, hashes)
+    for step in plan.steps:
+        decision = decide(step, run_log["stages"].get(step.name), _forced(step, force), rebuilt, hashes)
         if decision.run:
-            rebuilt.update(stage.outputs)
+            rebuilt.update(step.outputs)
         decisions.append(decision)
     return decisions
 
 
-def _forced(stage: Stage, force: set[str]) -> bool:
-    return "all" in force or stage.name in force
+def _forced(step: Step, force: set[str]) -> bool:
+    return "all" in force or step.name in force
 
 
 def check_force(plan: Plan, force: set[str]) -> None:
-    names = [s.name for s in plan.stages]
+    names = [s.name for s in plan.steps]
     for name in sorted(force - {"all"}):
         if name not in names:
             raise CompressError(
@@ -315,97 +257,72 @@ def check_force(plan: Plan, force: set[str]) -> None:
 # -- running ------------------------------------------------------------------------------------
 
 
-def run(plan: Plan, force: set[str] = frozenset(), log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the stages that are not up to date; return the run log (also written to run.json).
+def run(plan: Plan, force: set[str] = frozenset()) -> dict[str, Any]:
+    """Run the steps that are not up to date; return the run log (also written to run.json).
 
-    Each stage is decided just before it would run, against the files as they are then: a stage
+    Each step is decided just before it would run, against the files as they are then: a step
     whose upstream ran again but wrote the same bytes (training is deterministic on CPU) is skipped.
     """
+    from filelock import FileLock, Timeout
+
     check_force(plan, force)
     plan.recipe.out.mkdir(parents=True, exist_ok=True)
-    with _folder_lock(plan.recipe.out):
-        return _run_stages(plan, force, log)
-
-
-@contextlib.contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
-    """One run at a time per run folder: two would overwrite each other's artifacts and run.json."""
-    lock = folder / "run.lock"
-    # the lock appears with its process id already in it (a hard link is created atomically or not
-    # at all), so a competing run never reads an empty lock and takes it for a stale one
-    claim = folder / f".run.lock.{os.getpid()}"
-    claim.write_text(str(os.getpid()))
+    # one run at a time per folder: two would overwrite each other's artifacts and run.json; the
+    # operating system lets go of the lock when its process ends, however it ends
     try:
-        while True:
-            try:
-                os.link(claim, lock)
-                break
-            except FileExistsError:
-                holder = _lock_holder(lock)
-                if holder is not None:
-                    raise CompressError(
-                        f"another compress run (process {holder}) is using {folder}; wait "
-                        "for it to finish, or give this one another folder with --out"
-                    ) from None
-                lock.unlink(missing_ok=True)  # left by a run that was killed: take it over
-    finally:
-        claim.unlink(missing_ok=True)
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
+        lock = FileLock(plan.recipe.out / "run.lock", blocking=False).acquire()
+    except Timeout:
+        raise CompressError(
+            f"another compress run is using {plan.recipe.out}; wait for it to finish, or "
+            "give this one another folder with --out"
+        ) from None
+    with lock:
+        return _run_steps(plan, force)
 
 
-def _lock_holder(lock: Path) -> int | None:
-    """The live process holding ``lock``, or None when the lock is stale."""
-    try:
-        pid = int(lock.read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):  # gone, unreadable, or no such process
-        return None
-    return pid
-
-
-def _run_stages(plan: Plan, force: set[str], log: Callable[[str], None]) -> dict[str, Any]:
+def _run_steps(plan: Plan, force: set[str]) -> dict[str, Any]:
     run_log, hashes = read_log(plan), Hashes()
     run_log.update(recipe=str(plan.recipe.path), name=plan.recipe.name, out=str(plan.recipe.out))
     started_run = time.perf_counter()
-    for number, stage in enumerate(plan.stages, start=1):
-        record = run_log["stages"].get(stage.name)
-        decision = decide(stage, record, _forced(stage, force), set(), hashes)
-        head = f"[{number}/{len(plan.stages)}] {stage.name}"
+    for number, step in enumerate(plan.steps, start=1):
+        record = run_log["stages"].get(step.name)
+        decision = decide(step, record, _forced(step, force), set(), hashes)
+        head = f"[{number}/{len(plan.steps)}] {step.name}"
         if not decision.run:
             log(f"{head}: skipped, {decision.reason}")
             continue
         log(f"{head}: runs ({decision.reason})")
-        _clear_stale_resume_state(stage, decision, log)
+        _clear_stale_resume_state(step, decision)
         record = {
             "status": "running",
-            "settings": stage.settings(),
-            "inputs": hashes.inputs(stage),
+            "settings": step.settings(),
+            "inputs": hashes.inputs(step),
             "outputs": {},
             "started": _now(),
             "seconds": None,
         }
-        run_log["stages"][stage.name] = record
+        run_log["stages"][step.name] = record
         write_json(plan.log_path, run_log)
         began = time.perf_counter()
+        config = step.config.model_copy(update={"resume": decision.resume}) if step.stage.resumable else step.config
         try:
-            summary = _execute(stage, decision.resume, log)
+            summary = step.stage.summary(step.stage.run(config))
         except KeyboardInterrupt:
             _finish(record, "interrupted", began)
             write_json(plan.log_path, run_log)
             raise
         except Exception as exc:
             _finish(record, "failed", began)
-            record["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            record["error"] = first_line(exc, limit=1000)
             write_json(plan.log_path, run_log)
             raise
         _finish(record, "done", began)
-        record["outputs"] = {str(p): hashes.file(p) for p in stage.outputs}
+        record["outputs"] = {str(p): hashes.file(p) for p in step.outputs}
         record["summary"] = summary
         write_json(plan.log_path, run_log)
-        log(f"{head}: {summary} ({record['seconds']:.1f} s)")
+        log(f"{head}: done in {record['seconds']:.1f} s")
+        for line in summary:
+            log(f"  {line}")
     run_log["last_run"] = {"finished": _now(), "seconds": round(time.perf_counter() - started_run, 1)}
     run_log["variants"] = summary_rows(plan)
     write_json(plan.log_path, run_log)
@@ -420,75 +337,14 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _clear_stale_resume_state(stage: Stage, decision: Decision, log: Callable[[str], None]) -> None:
+def _clear_stale_resume_state(step: Step, decision: Decision) -> None:
     """A resume state left by an older recipe of this folder cannot be resumed: start afresh."""
     from .loop import resume_path
 
-    if stage.resumable and not decision.resume and resume_path(stage.config.out).exists():
-        log(
-            f"  {stage.name}: the interrupted run in {resume_path(stage.config.out).name} had other "
-            "settings or inputs; starting afresh"
-        )
-        resume_path(stage.config.out).unlink()
-
-
-def _execute(stage: Stage, resume: bool, log: Callable[[str], None]) -> str:
-    """Run one stage through the function its command calls; return a one-line summary."""
-    config, kind = stage.config, stage.kind
-    if kind == "train":
-        from .train import train
-
-        return _fit_summary(train(dataclasses.replace(config, resume=resume)))
-    if kind == "distill":
-        from .distill.trainer import distill
-
-        return _fit_summary(distill(dataclasses.replace(config, resume=resume)))
-    if kind == "prune":
-        from .prune import prune
-
-        pruning = prune(config, log=lambda line: log(f"  {line}"))["pruning"]
-        before, after = pruning["before"], pruning["after"]
-        return (
-            f"MACs {before['macs']:,} -> {after['macs']:,}, test accuracy "
-            f"{100 * before['test_accuracy']:.2f}% -> {100 * after['test_accuracy']:.2f}%"
-        )
-    if kind == "export":
-        from .export import export
-
-        manifest = export(config)
-        parity = manifest["parity"]
-        return f"{Path(config.out).name}, {manifest['size_bytes'] / 1024:.1f} KiB" + (
-            f", parity max |diff| {parity['max_abs_diff']:.2g}" if parity else ""
-        )
-    if kind == "quantize":
-        from .quantize import quantize
-
-        manifest = quantize(config, log=lambda line: log(f"  {line}"))
-        metrics = manifest["metrics"]
-        latency = metrics["latency"]
-        warnings = "".join(f"\n  warning: {w}" for w in metrics["warnings"])
-        accuracy = (
-            ""
-            if metrics["accuracy_drop_points"] is None
-            else f", accuracy drop {metrics['accuracy_drop_points']:.2f} points"
-        )
-        return (
-            f"{Path(config.out).name}, {latency['speedup']:.2f}x over fp32 at batch "
-            f"{latency['batch_size']}{accuracy}{warnings}"
-        )
-    if kind == "bench":
-        from .bench.report import write_report
-        from .bench.run import bench
-
-        report = bench(dataclasses.replace(config, models=list(config.models)), log=lambda line: log(f"  {line}"))
-        write_report(report, config.report)
-        return f"report in {config.report}"
-    raise AssertionError(f"no runner for stage {stage.name}")
-
-
-def _fit_summary(manifest: dict) -> str:
-    metrics = manifest["metrics"]
-    return f"{manifest['artifact']}, test accuracy {100 * metrics['test_accuracy']:.2f}%, {metrics['params']:,} params"
+    state = resume_path(step.config.out) if step.stage.resumable else None
+    if state is not None and not decision.resume and state.exists():
+        log(f"  {step.name}: the interrupted run in {state.name} had other settings or inputs; starting afresh")
+        state.unlink()
 
 
 # -- the summary --------------------------------------------------------------------------------
@@ -570,8 +426,8 @@ def _count(value: int | None) -> str:
     return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.1f}k"
 
 
-def describe_stage(stage: Stage) -> str:
-    """``inputs -> outputs`` of a stage, for the plan."""
-    reads = [str(p) for p in stage.inputs.values()] + ([f"data {stage.data}"] if stage.data else [])
-    writes = [str(p.parent if p.name == "report.json" else p) for p in stage.outputs]
+def describe_stage(step: Step) -> str:
+    """``inputs -> outputs`` of a step, for the plan."""
+    reads = [str(p) for p in dict.fromkeys(step.inputs.values())] + ([f"data {step.data}"] if step.data else [])
+    writes = [str(p.parent if p.name == "report.json" else p) for p in step.outputs]
     return f"{', '.join(reads)} -> {', '.join(writes)}"

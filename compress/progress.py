@@ -1,15 +1,11 @@
-"""Progress for long work: a live bar on a terminal, one plain line per epoch in logs and CI."""
+"""Progress for long work: a live bar on a terminal, silent in logs and CI (where the epoch lines
+of the ``compress`` logger say the same)."""
 
 from __future__ import annotations
 
 import sys
 
 from tqdm import tqdm
-
-
-def log(message: str) -> None:
-    """A line on stderr that does not break a live progress bar."""
-    tqdm.write(message, file=sys.stderr)
 
 
 def on_terminal() -> bool:

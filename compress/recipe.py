@@ -1,7 +1,7 @@
 """Recipes: a TOML file that names every stage of a ``compress run``, checked before anything runs.
 
-Each table maps onto the config dataclass of the command it stands for, so a key left out takes
-the very default the command's flag has::
+Each table maps onto the config of the stage it stands for (``compress.stages``), so its keys are
+the command's flags (``--min-time`` -> ``min_time``) and a key left out takes the flag's default::
 
     name = "demo"                 # outputs in runs/demo/ (or: out = "some/folder")
     data = "digits"               # any --data source; ${VAR} takes an environment variable
@@ -16,41 +16,48 @@ the very default the command's flag has::
 
 Paths (outputs, inputs, the teacher) are the pipeline's business: each stage reads what the
 previous one wrote in the run folder, so the keys that name them are refused in the tables.
-Mistakes (unknown key, wrong type, missing file) are a ``CompressError`` naming the key and
-its line.
+Mistakes (unknown key, wrong type, a value out of bounds, missing file) are a ``CompressError``
+naming the key and its line, raised before any stage runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import sys
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .artifacts import manifest_path
 from .errors import CompressError
+from .stages import STAGES
+from .stages.base import StageConfig, build, settable
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-TOP_LEVEL_KEYS = {"name", "out", "data", "teacher", "student", "prune", "export", "quantize", "bench"}
-# Keys the pipeline fills in itself: the files each stage reads and writes.
-PIPELINE_KEYS = {
-    "teacher": {"out", "data", "resume"},
-    "student": {"out", "data", "resume", "teacher"},
-    "prune": {"out", "data", "resume", "teacher", "checkpoint", "model", "model_args"},
-    "export": {"checkpoint", "out", "data", "preprocessing"},
-    "quantize": {"model", "out", "data", "preprocessing"},
-    "bench": {"models", "report", "baseline", "data", "preprocessing"},
+# Each table of a recipe, and the stage whose settings it holds.
+TABLES = {
+    "teacher": "train",
+    "student": "distill",
+    "prune": "prune",
+    "export": "export",
+    "quantize": "quantize",
+    "bench": "bench",
 }
+TOP_LEVEL_KEYS = {"name", "out", "data", *TABLES}
+# Settings the pipeline fills in for every stage, besides the files each reads and writes.
+WIRED_SETTINGS = {"data", "preprocessing", "resume"}
 TEACHER_SUFFIXES = (".pt", ".onnx")
+
+
+def pipeline_keys(table: str) -> set[str]:
+    """The settings of ``table`` that the pipeline sets: the files of its stage, and the data."""
+    stage = STAGES[TABLES[table]]
+    return (set(stage.reads) | set(stage.writes) | WIRED_SETTINGS) & set(stage.config.model_fields)
 
 
 @dataclass
@@ -68,37 +75,17 @@ class Recipe:
     def has(self, table: str) -> bool:
         return table in self.tables
 
-    def check(self, table: str, check: Callable[[Any], None], config: Any) -> None:
-        """Run a stage's own config check; its complaint names the recipe, the table and the line.
-
-        The checks speak in flags (``--amount``); in a recipe those are keys (``amount``)."""
-        try:
-            check(config)
-        except CompressError as exc:
-            message = re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), str(exc))
-            named = [key for key in self.tables.get(table, {}) if re.search(rf"\b{key}\b", message)]
-            if named:
-                raise self.locator.error(table, named[0], f"[{table}] {message}") from None
-            raise self.locator.error(None, table, f"[{table}] {message}") from None
-
-
-def config_classes() -> dict[str, type]:
-    """The config dataclass behind each recipe table."""
-    from .bench.run import BenchConfig
-    from .distill.trainer import DistillConfig
-    from .export import ExportConfig
-    from .prune import PruneConfig
-    from .quantize import QuantizeConfig
-    from .train import TrainConfig
-
-    return {
-        "teacher": TrainConfig,
-        "student": DistillConfig,
-        "prune": PruneConfig,
-        "export": ExportConfig,
-        "quantize": QuantizeConfig,
-        "bench": BenchConfig,
-    }
+    def build(self, table: str, **paths: Any) -> StageConfig:
+        """The config of ``table``'s stage: its settings in the recipe, and the files the pipeline gives.
+        A setting that does not validate is an error naming its key and line."""
+        stage = STAGES[TABLES[table]]
+        settings = self.tables.get(table, {})
+        config, key, message = build(stage.config, {**paths, **settings}, lambda name: name, "key")
+        if config is None:
+            if key in settings:
+                raise self.locator.error(table, key, f"[{table}] {message}")
+            raise self.locator.error(None, table, f"[{table}] {message}")
+        return config
 
 
 def load_recipe(path: str | Path, data: str | None = None, out: str | None = None) -> Recipe:
@@ -122,7 +109,7 @@ def load_recipe(path: str | Path, data: str | None = None, out: str | None = Non
         if key in raw and not isinstance(raw[key], str):
             raise where.error(None, key, f"{key} must be a string, got {_toml_type(raw[key])}")
     tables = {}
-    for table in config_classes():
+    for table in TABLES:
         if table in raw and not isinstance(raw[table], dict):
             raise where.error(None, table, f"{table} must be a table ([{table}]), got {_toml_type(raw[table])}")
         if table in raw:
@@ -138,7 +125,8 @@ def load_recipe(path: str | Path, data: str | None = None, out: str | None = Non
     out_dir = Path(out) if out else Path(_expand(raw.get("out", f"runs/{name}"), where, None, "out"))
     if out_dir.exists() and not out_dir.is_dir():
         raise where.error(None, "out", f"the run folder {out_dir} exists and is not a folder; choose another out")
-    data_spec = data or _expand(raw.get("data", _default("teacher", "data")), where, None, "data")
+    default_data = STAGES["train"].config.model_fields["data"].default
+    data_spec = data or _expand(raw.get("data", default_data), where, None, "data")
     _check_data(data_spec, where)
 
     teacher_path = None
@@ -186,16 +174,11 @@ def load_recipe(path: str | Path, data: str | None = None, out: str | None = Non
     )
 
 
-def _default(table: str, key: str) -> Any:
-    spec = {f.name: f for f in dataclasses.fields(config_classes()[table])}[key]
-    return spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
-
-
 def _check_table(table: str, settings: dict[str, Any], where: _Locator) -> None:
-    """Every key a field of the table's config, every value of the field's type (converted in place)."""
-    cls = config_classes()[table]
-    hints = typing.get_type_hints(cls)
-    owned = PIPELINE_KEYS[table]
+    """No key the pipeline sets, no key the stage does not have; ``${VAR}`` expanded in place.
+    (The values are checked by the stage's config, when the plan is built.)"""
+    owned = pipeline_keys(table)
+    config = STAGES[TABLES[table]].config
     for key, value in list(settings.items()):
         if key in owned:
             raise where.error(
@@ -204,47 +187,11 @@ def _check_table(table: str, settings: dict[str, Any], where: _Locator) -> None:
                 f"[{table}] {key} is set by the pipeline (each stage reads "
                 "what the one before wrote in the run folder); remove it",
             )
-        if key not in hints:
-            valid = ", ".join(sorted(set(hints) - owned))
+        if key not in config.model_fields:
+            valid = ", ".join(sorted(set(settable(config)) - owned))
             raise where.error(table, key, f"unknown key {key!r} in [{table}]; valid keys: {valid}")
         if isinstance(value, str):
-            value = _expand(value, where, table, key)
-        if not _matches(value, hints[key]):
-            raise where.error(
-                table, key, f"[{table}] {key} must be {_describe(hints[key])}, got {_toml_type(value)} {value!r}"
-            )
-        settings[key] = float(value) if hints[key] is float else value
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(hint))
-    if hint is Any:
-        return True
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
-    if origin is dict:
-        return isinstance(value, dict)
-    return isinstance(value, hint)  # str, and None for optional fields (TOML has no null)
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint) if a is not type(None))
-    if origin is list:
-        return f"a list of {_describe(typing.get_args(hint)[0]).removeprefix('a ')}s"
-    if origin is dict:
-        return "a table (e.g. { hidden = [128, 128] })"
-    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(hint, str(hint))
+            settings[key] = _expand(value, where, table, key)
 
 
 def _toml_type(value: Any) -> str:

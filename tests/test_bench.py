@@ -4,25 +4,34 @@ import base64
 import html.parser
 import io
 import json
-from pathlib import Path
+import math
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from compress.bench.latency import LatencyStats
-from compress.bench.report import compare_reports, load_report, pareto_front, table_rows
-from compress.bench.run import BenchConfig, bench
-from compress.bench.stats import median_ci, speedup_ci, verdict
 from compress.cli import main
-from compress.export import ExportConfig, export
-from compress.quantize import QuantizeConfig, quantize
-from compress.train import TrainConfig, train
+from compress.errors import CompressError
+from compress.measure.latency import LatencyStats
+from compress.measure.report import (
+    compare_reports,
+    load_report,
+    markdown,
+    pareto_front,
+    table_rows,
+    terminal_table,
+    write_report,
+)
+from compress.measure.report_model import REGENERATE, SCHEMA_PATH, schema_text, validate_report
+from compress.measure.stats import median_ci, median_rank, speedup_ci, verdict
+from compress.stages.bench import BenchConfig, bench
+from compress.stages.export import ExportConfig, export
+from compress.stages.quantize import QuantizeConfig, quantize
+from compress.stages.train import TrainConfig, train
 
-SCHEMA = Path(__file__).parent.parent / "compress" / "bench" / "report.schema.json"
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
-QUICK = dict(batch_sizes=[1, 8], threads=[1], warmup=1, min_runs=7, min_seconds=0.07)
+QUICK = dict(batch_sizes=[1, 8], threads=[1], warmup=1, min_runs=7, min_time=0.07)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +77,40 @@ def test_median_interval_matches_the_binomial_order_statistics():
     assert median_ci(np.arange(1, 8)) == (1.0, 7.0)  # 7 samples: only the range has 95%
     assert median_ci(np.arange(1, 2001)) == (956.0, 1045.0)
     assert median_ci([3.0]) == (3.0, 3.0)
+    assert median_ci(np.arange(1, 6)) == (1.0, 5.0)  # 5 samples: the range holds 93.75% only
+
+
+def test_median_interval_at_any_confidence_and_many_samples():
+    samples = np.random.default_rng(0).permutation(5000).astype(float)
+    low, high = median_ci(samples, 0.97)  # once a KeyError: no z-value for 0.97 above 1000 samples
+    k = median_rank(5000, 0.97)
+    assert (low, high) == (k - 1, 5000 - k) and low < 2499.5 < high
+    assert median_ci(samples, 0.99)[0] < low and median_ci(samples, 0.90)[0] > low
+    assert median_ci(np.arange(1, 101), 0.95) == (40.0, 61.0)
+    million = median_ci(np.random.default_rng(1).random(1_000_000), 0.999)
+    assert million[0] < 0.5 < million[1] and million[1] - million[0] < 0.01
+    for bad in (0.5, 1.0, 0.3, 95, float("nan")):
+        with pytest.raises(ValueError, match="0.5 < confidence < 1"):
+            median_ci(samples, bad)
+
+
+def _brute_force_rank(n: int, confidence: float) -> int:
+    """The largest k with 2·P(Bin(n, 1/2) <= k-1) <= 1 - confidence, at least 1, in exact arithmetic."""
+    from fractions import Fraction
+
+    alpha, best, below = Fraction(1 - confidence), 1, 0
+    for k in range(1, (n + 1) // 2 + 1):
+        below += math.comb(n, k - 1)  # 2^n · P(Bin(n, 1/2) <= k-1)
+        if Fraction(2 * below, 2**n) > alpha:
+            break
+        best = k
+    return best
+
+
+@pytest.mark.parametrize("confidence", [0.6, 0.9, 0.9375, 0.95, 0.97, 0.99, 0.995])
+def test_median_rank_is_the_exact_binomial_one(confidence):
+    for n in [*range(1, 80), 100, 257, 1000, 1001, 2500]:
+        assert median_rank(n, confidence) == _brute_force_rank(n, confidence), n
 
 
 def test_speedup_is_the_median_round_ratio_with_its_interval():
@@ -91,9 +134,8 @@ def test_pareto_front_keeps_the_undominated_points():
 
 
 def test_report_files_are_complete_and_valid(report_dir, models):
-    jsonschema = pytest.importorskip("jsonschema")
     report = json.loads((report_dir / "report.json").read_text())
-    jsonschema.validate(report, json.loads(SCHEMA.read_text()))
+    validate_report(report)
     assert {p.name for p in report_dir.iterdir()} == {"report.json", "report.md", "report.html", "plot.png"}
     assert len(report["rows"]) == 2 * 2  # models x batch sizes
     base, int8 = report["models"]
@@ -155,6 +197,96 @@ def test_compare_reports_names_what_moved_beyond_noise(report_dir, capsys):
     assert "faster" in capsys.readouterr().out
 
 
+def test_the_committed_schema_is_the_one_the_report_model_generates():
+    assert SCHEMA_PATH.read_text() == schema_text(), (
+        f"{SCHEMA_PATH.name} is out of date with compress/measure/report_model.py; regenerate it with "
+        f"`.venv/bin/{REGENERATE}`"
+    )
+
+
+@pytest.mark.parametrize("confidence, label", [(0.97, "97%"), (0.995, "99.5%"), (0.9, "90%")])
+def test_the_report_names_its_confidence_level(report_dir, tmp_path, confidence, label):
+    report = json.loads((report_dir / "report.json").read_text())
+    report["timing"]["confidence"] = report["config"]["confidence"] = confidence
+    assert f"speed-up ({label} CI)" in terminal_table(report).splitlines()[0]
+    folder = tmp_path / "r"
+    write_report(report, folder)
+    for name in ("report.md", "report.html"):
+        page = (folder / name).read_text()
+        assert f"speed-up ({label} CI)" in page and f"; {label} intervals." in page
+        assert "95%" not in page
+
+
+def test_an_invalid_report_is_a_bug_and_nothing_is_written(report_dir, tmp_path):
+    report = json.loads((report_dir / "report.json").read_text())
+    report["rows"][0]["p50_ms"] = 0.0
+    with pytest.raises(ValueError, match=r"rows\[0\]\.p50_ms: Input should be greater than 0") as info:
+        write_report(report, tmp_path / "r")
+    assert not isinstance(info.value, CompressError) and "bug in compress" in str(info.value)
+    assert not list(tmp_path.iterdir())
+    report = json.loads((report_dir / "report.json").read_text())
+    report["rows"][0]["p50_ci_ms"] = np.array(report["rows"][0]["p50_ci_ms"])  # not JSON
+    with pytest.raises(TypeError):
+        write_report(report, tmp_path / "r")
+    assert not list(tmp_path.iterdir())
+    assert "speed-up (95% CI)" in markdown(json.loads((report_dir / "report.json").read_text()))
+
+
+def _edit(field_path, value):
+    """Set (or, with ..., delete) one field of a report: ``_edit(("rows", 0, "p50_ms"), 0)``."""
+
+    def change(report):
+        *parents, last = field_path
+        for key in parents:
+            report = report[key]
+        if value is ...:
+            del report[last]
+        else:
+            report[last] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ("{not json", "is not valid JSON"),
+        ([1, 2], "is not a compress bench report"),
+        (_edit(("format",), ...), "is not a compress bench report"),
+        (
+            _edit(("format",), "compress-bench-report/2"),
+            "format: compress-bench-report/2 is not compress-bench-report/1",
+        ),
+        (_edit(("format",), "something-else/1"), "format: 'something-else/1' is not a compress bench report"),
+        (_edit(("rows", 0, "p50_ms"), 0), "rows[0].p50_ms: Input should be greater than 0"),
+        (_edit(("rows", 1, "runs"), "many"), "rows[1].runs: Input should be a valid integer"),
+        (_edit(("rows", 0, "p50_ci_ms"), [1.0]), "rows[0].p50_ci_ms[1]: Field required"),
+        (_edit(("rows", 0, "verdict"), "quicker"), "rows[0].verdict: Input should be 'baseline', 'faster'"),
+        (_edit(("rows", 0, "model"), "other.onnx"), "rows[0].model: 'other.onnx' is not one of the models"),
+        (_edit(("models", 1, "sha256"), ...), "models[1].sha256: Field required"),
+        (
+            _edit(("models", 0, "providers", "cpu", "top1"), 98.6),
+            "models[0].providers.cpu.top1: Input should be less than or equal to 1",
+        ),
+        (_edit(("machine",), "a laptop"), "machine: Input should be an object"),
+        (_edit(("timing", "surprise"), 1), "timing.surprise: Extra inputs are not permitted"),
+        (_edit(("rows",), []), "rows: List should have at least 1 item"),
+    ],
+)
+def test_a_broken_report_to_compare_is_one_line_naming_the_field(report_dir, tmp_path, capsys, edit, message):
+    broken = tmp_path / "report.json"
+    if callable(edit):
+        report = json.loads((report_dir / "report.json").read_text())
+        edit(report)
+        broken.write_text(json.dumps(report))
+    else:
+        broken.write_text(edit if isinstance(edit, str) else json.dumps(edit))
+    code, err = run_cli(["bench", "--compare", str(report_dir / "report.json"), str(broken)], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    assert str(broken) in err and message in err
+
+
 def test_a_failed_run_keeps_the_earlier_report(report_dir, models, tmp_path, capsys):
     before = {p.name: p.read_bytes() for p in report_dir.iterdir()}
     junk = tmp_path / "junk.onnx"
@@ -175,14 +307,14 @@ def run_cli(args, capsys):
     "case, message",
     [
         ("missing", "does not exist"),
-        ("unknown_provider", "unknown provider 'tpu'"),
+        ("unknown_provider", "--providers[1] must be 'cpu', 'cuda' or 'tensorrt', got 'tpu'"),
         ("unavailable_provider", "is not available in this onnxruntime build"),
         ("wrong_shape", "but npz:"),
-        ("bad_batch", "batch sizes must be at least 1"),
-        ("no_report", "pass --report DIR"),
-        ("no_models", "no models given"),
+        ("bad_batch", "--batch-sizes[0] must be at least 1, got 0"),
+        ("no_report", "--report is required"),
+        ("no_models", "MODELS is required"),
         ("zero_samples", "--accuracy-samples must be at least 1"),
-        ("report_is_a_file", "is a file"),
+        ("report_is_a_file", "exists and is not a folder; choose another --report"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_report(models, tmp_path, wide_npz, capsys, case, message):

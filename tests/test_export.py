@@ -1,6 +1,5 @@
 """``compress export``: parity with PyTorch, a really dynamic batch axis, errors that leave nothing behind."""
 
-import importlib
 import json
 from pathlib import Path
 
@@ -11,12 +10,12 @@ import pytest
 from compress.artifacts import manifest_path
 from compress.cli import main
 from compress.errors import CompressError
-from compress.export import ExportConfig, export
 from compress.onnx_io import OnnxClassifier, max_runtime_opset, open_session
-from compress.train import TrainConfig, train
+from compress.stages import export as export_module
+from compress.stages.export import ExportConfig, export
+from compress.stages.train import TrainConfig, train
 
-# the module (the package attribute compress.export is the API function)
-export_module = importlib.import_module("compress.export")
+pytestmark = pytest.mark.slow  # trains, exports, quantizes or times real models
 
 ZOO = ["mlp", "mlp-1200", "cnn", "resnet", "resnet8", "resnet14", "resnet20"]
 FACTORIES = Path(__file__).parent / "factories" / "custom_models.py"
@@ -87,7 +86,7 @@ def test_static_batch_fixes_the_axis(student_pt, tmp_path):
     runner = OnnxClassifier(open_session(out))
     assert runner.input_shape[0] == 4 and manifest["input_spec"]["shape"][0] == 4
     assert manifest["input_spec"]["dynamic_axes"] == {}
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - onnxruntime raises its own types for a wrong batch
         runner.run(np.zeros((3, 1, 8, 8), np.float32))
 
 

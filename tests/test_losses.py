@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from compress.distill.losses import distillation_loss, hard_label_ce, hint_loss, logit_mse, soft_target_kl
+from compress.distillation.losses import distillation_loss, hard_label_ce, hint_loss, logit_mse, soft_target_kl
 
 
 def softmax(values):

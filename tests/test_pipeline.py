@@ -9,6 +9,8 @@ from test_cli import run_cli
 
 from compress.loop import Fit
 
+pytestmark = pytest.mark.slow  # trains, exports, quantizes or times real models
+
 TINY = """\
 name = "tiny"
 data = "digits"
@@ -35,7 +37,7 @@ calibration_samples = 64
 batch_sizes = [1]
 warmup = 1
 min_runs = 7
-min_seconds = 0.02
+min_time = 0.02
 memory = false
 """
 
@@ -170,7 +172,7 @@ def test_a_given_teacher_and_a_prune_table_add_the_pruned_variants(in_tmp, capsy
         [bench]
         batch_sizes = [4]
         min_runs = 7
-        min_seconds = 0.02
+        min_time = 0.02
         memory = false
         """,
         name="pruned.toml",
@@ -202,7 +204,10 @@ def test_a_given_teacher_and_a_prune_table_add_the_pruned_variants(in_tmp, capsy
             r"line 3: unknown key 'temprature' in \[student\]; valid keys: .*temperature",
         ),
         ('[student]\nepochs = "three"\n', r"line 2: \[student\] epochs must be a whole number, got a string 'three'"),
-        ('[bench]\nbatch_sizes = [1, "64"]\n', r"line 2: \[bench\] batch_sizes must be a list of whole numbers"),
+        (
+            '[bench]\nbatch_sizes = [1, "64"]\n',
+            r"line 2: \[bench\] batch_sizes\[1\] must be a whole number, got a string '64'",
+        ),
         ("[quantize]\nper_channel = 1\n", r"line 2: \[quantize\] per_channel must be true or false"),
         ('[teacher]\npath = "missing.pt"\n', r"line 2: teacher missing.pt does not exist"),
         ('[teacher]\npath = "t.pt"\nepochs = 3\n', r"line 3: \[teacher\] takes either path = FILE"),
@@ -216,7 +221,18 @@ def test_a_given_teacher_and_a_prune_table_add_the_pruned_variants(in_tmp, capsy
         ("student = 3\n", r"line 1: student must be a table"),
         ("[student\nepochs = 3\n", r"not valid TOML: .*line 1"),
         ('name = "../elsewhere"\n', r"name '../elsewhere' must be a plain folder name"),
-        ("[prune]\namount = 1.5\n", r"line 2: \[prune\] amount is the fraction to remove"),
+        ("[bench]\nmin_seconds = 1.0\n", r"line 2: unknown key 'min_seconds' in \[bench\]; valid keys: .*min_time"),
+        ("[student]\nepochs = 0\n", r"line 2: \[student\] epochs must be at least 1, got 0"),
+        (
+            "[prune]\nepochs = 1\namount = 0.5\ntarget_macs = 0.3\n",
+            r"line 3: \[prune\] give exactly one of amount, target_macs, target_params",
+        ),
+        ('[student]\naugment = "shift"\nteacher_cache = "memory"\n', r"line 3: \[student\] teacher_cache memory needs"),
+        ("[bench]\nconfidence = 1.5\n", r"line 2: \[bench\] confidence must be less than 1"),
+        (
+            "[prune]\namount = 1.5\n",
+            r"line 2: \[prune\] amount must be less than 1, got 1.5 \(fraction of each prunable layer's channels to remove",
+        ),
     ],
 )
 def test_an_invalid_recipe_is_one_line_naming_the_key_and_its_line_before_anything_runs(
@@ -251,23 +267,31 @@ def test_a_teacher_checkpoint_without_a_manifest_is_refused_before_anything_runs
     assert "line 2: teacher scripted.pt has no manifest" in err and "give path = TEACHER.onnx" in err
 
 
-def test_one_run_at_a_time_per_folder_and_a_killed_runs_lock_is_taken_over(in_tmp, capsys):
-    import os
+def test_one_run_at_a_time_per_folder_and_a_killed_runs_lock_is_let_go(in_tmp, capsys):
     import subprocess
     import sys
 
     run = in_tmp / "runs" / "tiny"
     run.mkdir(parents=True)
-    (run / "run.lock").write_text(str(os.getpid()))  # a live process holds it
-    status, _, err = run_cli(capsys, "run", str(write_recipe(in_tmp)))
-    assert status == 2
-    assert f"another compress run (process {os.getpid()}) is using runs/tiny" in err
-    assert not (run / "run.json").exists()
-
-    gone = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    ).stdout.strip()
-    (run / "run.lock").write_text(gone)  # its process has ended
+    holder = subprocess.Popen(  # another run holds the folder's lock
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, filelock; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
+            "print('held', flush=True); time.sleep(600)",
+            str(run / "run.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        status, _, err = run_cli(capsys, "run", str(write_recipe(in_tmp)))
+        assert status == 2
+        assert "another compress run is using runs/tiny" in err
+        assert not (run / "run.json").exists()
+    finally:
+        holder.kill()  # killed: the operating system lets go of its lock
+        holder.wait()
     status, _, err = run_cli(capsys, "run", str(write_recipe(in_tmp)))
     assert status == 0, err
-    assert not (run / "run.lock").exists()

@@ -1,6 +1,5 @@
 """``compress quantize`` on the digits data: int8 that keeps accuracy, a budget that is met, honest speed."""
 
-import importlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -12,13 +11,13 @@ import torch
 from compress.artifacts import manifest_path
 from compress.cli import main
 from compress.errors import CompressError
-from compress.export import ExportConfig, export
 from compress.hardware import CpuInfo
-from compress.quantize import Candidate, QuantizeConfig, Settings, choose_settings, quantize, search_space
-from compress.train import TrainConfig, train
+from compress.stages import quantize as quantize_module
+from compress.stages.export import ExportConfig, export
+from compress.stages.quantize import Candidate, QuantizeConfig, Settings, choose_settings, quantize, search_space
+from compress.stages.train import TrainConfig, train
 
-# the module (the package attribute compress.quantize is the API function)
-quantize_module = importlib.import_module("compress.quantize")
+pytestmark = pytest.mark.slow  # trains, exports, quantizes or times real models
 
 X86_VNNI = CpuInfo("test", "x86_64", 2, frozenset({"avx2", "avx512f", "avx512_vnni"}))
 X86_AVX2 = CpuInfo("test", "x86_64", 2, frozenset({"avx2"}))
@@ -298,8 +297,8 @@ def test_search_prefers_the_default_unless_another_setting_is_faster_beyond_nois
             found.append(c)
         return found
 
-    noisy = quantize_module._pick(candidates((2.0, 1.9, 2.1), (2.2, 1.8, 2.6)), base, print)
+    noisy = quantize_module._pick(candidates((2.0, 1.9, 2.1), (2.2, 1.8, 2.6)), base)
     assert replace(noisy.settings, reasons=()) == replace(base, reasons=()) and noisy.settings.reasons
-    clear = quantize_module._pick(candidates((2.0, 1.9, 2.1), (3.0, 2.8, 3.2)), base, print)
+    clear = quantize_module._pick(candidates((2.0, 1.9, 2.1), (3.0, 2.8, 3.2)), base)
     assert replace(clear.settings, reasons=()) != replace(base, reasons=())
-    assert quantize_module._pick([], base, print) is None
+    assert quantize_module._pick([], base) is None

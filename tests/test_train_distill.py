@@ -6,14 +6,17 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from compress.artifacts import load_checkpoint, manifest_path
-from compress.distill import teachers
-from compress.distill.trainer import DistillConfig, distill
+from compress.distillation import teachers
 from compress.errors import CompressError
 from compress.loop import Fit, resume_path
 from compress.modelspec import model_from_checkpoint
-from compress.train import TrainConfig, train
+from compress.stages.distill import DistillConfig, distill
+from compress.stages.train import TrainConfig, train
+
+pytestmark = pytest.mark.slow  # trains, exports, quantizes or times real models
 
 SMALL_MLP = {"hidden": [64]}
 
@@ -181,8 +184,8 @@ def test_teacher_cache_gives_the_same_student_as_running_the_teacher(tmp_path, t
 def test_augmentation_turns_the_cache_off(tmp_path, teacher_pt):
     manifest = distill(distill_config(tmp_path, teacher_pt, epochs=1, augment="shift"))
     assert manifest["metrics"]["teacher_cache"] == "off"
-    with pytest.raises(CompressError, match="--augment"):
-        distill(distill_config(tmp_path, teacher_pt, "x.pt", augment="shift", teacher_cache="memory"))
+    with pytest.raises(ValidationError, match="augment"):
+        distill_config(tmp_path, teacher_pt, "x.pt", augment="shift", teacher_cache="memory")
 
 
 def interrupt_after(monkeypatch, epochs_done):
@@ -252,18 +255,33 @@ def test_teacher_that_does_not_fit_the_data_is_refused(tmp_path, teacher_pt):
 
 
 @pytest.mark.parametrize(
-    "overrides, message",
+    "flags, message",
     [
-        ({"temperature": 0}, "--temperature"),
-        ({"alpha": 1.5}, "--alpha"),
-        ({"hints": ["layer2"]}, "TEACHER_LAYER:STUDENT_LAYER"),
-        ({"epochs": 0}, "--epochs"),
-        ({"teacher": ""}, "--teacher"),
+        (["--temperature", "0"], "--temperature must be greater than 0, got 0.0"),
+        (["--alpha", "1.5"], "--alpha must be at most 1, got 1.5"),
+        (["--hint", "layer2"], "--hint 'layer2' must look like TEACHER_LAYER:STUDENT_LAYER"),
+        (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (["--lr", "nan"], "--lr must be a finite number, got nan"),
+        (
+            ["--augment", "shift", "--teacher-cache", "memory"],
+            "--teacher-cache memory needs the same inputs every epoch, but --augment changes them",
+        ),
     ],
 )
-def test_bad_settings_are_refused_before_any_work(tmp_path, teacher_pt, overrides, message):
-    with pytest.raises(CompressError, match=message):
-        distill(distill_config(tmp_path, teacher_pt, **overrides))
+def test_bad_settings_are_one_line_naming_the_flag_before_any_work(tmp_path, teacher_pt, capsys, flags, message):
+    from test_cli import run_cli
+
+    status, _, err = run_cli(capsys, "distill", "--teacher", str(teacher_pt), "--out", str(tmp_path / "s.pt"), *flags)
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert message in err, err
+    assert not (tmp_path / "s.pt").exists()
+
+
+def test_a_missing_teacher_is_named(tmp_path, capsys):
+    from test_cli import run_cli
+
+    status, _, err = run_cli(capsys, "distill", "--out", str(tmp_path / "s.pt"))
+    assert status == 2 and err.startswith("error: --teacher is required (Teacher: a compress checkpoint")
 
 
 def test_auto_cache_goes_to_disk_when_large_and_survives_an_interruption(tmp_path, teacher_pt, monkeypatch):

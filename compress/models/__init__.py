@@ -6,7 +6,7 @@ with a dynamic batch. Top-level children have stable names for picking hint laye
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

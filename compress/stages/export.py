@@ -9,30 +9,31 @@ batch axis silently became fixed, the export fails and nothing is written.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-import torch
+from pydantic import Field, field_validator
 
-from .artifacts import (
+from ..artifacts import (
     current_umask,
     input_record,
     load_checkpoint,
-    manifest_path,
     new_manifest,
     read_manifest,
     sha256_file,
     staging_dir,
-    write_json,
+    write_manifest,
 )
-from .data import load_dataset_for
-from .errors import CompressError
-from .modelspec import count_macs, count_params, model_from_checkpoint
-from .onnx_io import OPTIMIZATION_LEVELS, OnnxClassifier, first_line, max_runtime_opset, model_info, open_session, quiet
+from ..data import load_dataset_for
+from ..errors import CompressError, first_line, foreign_errors
+from ..onnx_io import OnnxClassifier, max_runtime_opset, model_info, open_session, quiet
+from .base import Cli, Stage, StageConfig
+from .train import DATA_HELP
 
-EXPORTERS = ("dynamo", "torchscript")
+if TYPE_CHECKING:
+    import torch
+
 # Newest opset each torch exporter writes (torch.onnx._constants, torch 2.13).
 EXPORTER_MAX_OPSET = {"dynamo": 23, "torchscript": 20}
 EXPORTER_MIN_OPSET = {"dynamo": 18, "torchscript": 7}
@@ -43,44 +44,48 @@ TRANSFORMER_TYPES = ("bert", "bart", "gpt2", "t5", "vit", "clip", "unet", "vae",
 PARITY_BATCHES = (1, 7)  # 7: an odd size no one exports with, so a batch axis fixed by tracing shows
 
 
-@dataclass
-class ExportConfig:
-    checkpoint: str
-    out: str
-    data: str | None = None  # samples for the parity check (default: the checkpoint's data)
-    preprocessing: str | None = None  # fit | scale | raw, for a checkpoint without a manifest
-    opset: int | None = None  # default: the newest the exporter writes and onnxruntime runs
-    static_batch: int | None = None  # fix the batch axis to this size instead of a dynamic one
-    exporter: str = "dynamo"  # torch.onnx.export(dynamo=True) or the TorchScript tracer
-    parity: bool = True
-    atol: float = 1e-4
-    rtol: float = 1e-3
-    parity_samples: int = 63
-    optimize: str | None = None  # ONNX Runtime graph optimisation saved into the artifact
-    transformer: str | None = None  # run onnxruntime.transformers' optimizer for this model type
-    num_heads: int = 0  # for the transformer optimizer (0: detect)
-    hidden_size: int = 0
+class ExportConfig(StageConfig):
+    checkpoint: Annotated[str, Cli(argument=True)] = Field(description="The compress checkpoint (.pt) to export.")
+    out: str = Field(description="ONNX model to write (.onnx); its manifest goes beside it (.onnx.json).")
+    data: str | None = Field(
+        None, description=f"Samples for the parity check (default: the checkpoint's data): {DATA_HELP}."
+    )
+    preprocessing: Literal["fit", "scale", "raw"] | None = Field(
+        None,
+        description="For a checkpoint without a manifest: how its inputs were normalised (see "
+        "`compress quantize --help`).",
+    )
+    opset: int | None = Field(
+        None, description="ONNX opset (default: the newest the exporter writes and the installed onnxruntime runs)."
+    )
+    static_batch: Annotated[int | None, Cli(metavar="N")] = Field(
+        None, ge=1, description="Fix the batch axis to N (default: dynamic)."
+    )
+    exporter: Literal["dynamo", "torchscript"] = Field(
+        "dynamo", description="torch.onnx.export with torch.export (dynamo) or the TorchScript tracer."
+    )
+    parity: bool = Field(True, description="Compare ONNX Runtime with PyTorch on real samples at batch 1 and 7.")
+    atol: float = Field(1e-4, ge=0, description="Parity: absolute tolerance.")
+    rtol: float = Field(1e-3, ge=0, description="Parity: relative tolerance.")
+    parity_samples: int = Field(63, ge=max(PARITY_BATCHES), description="Parity: test samples compared.")
+    optimize: Literal["basic", "extended", "all"] | None = Field(
+        None,
+        description="Save ONNX Runtime's optimised graph as the artifact (all: also hardware-specific "
+        "layouts, so run it on the same kind of CPU).",
+    )
+    transformer: Literal[TRANSFORMER_TYPES] | None = Field(
+        None,
+        description="Run onnxruntime.transformers' optimizer (attention/LayerNorm/GELU fusions) for this model type.",
+    )
+    num_heads: int = Field(0, ge=0, description="Attention heads, for --transformer (0: detect).")
+    hidden_size: int = Field(0, ge=0, description="Hidden size, for --transformer (0: detect).")
 
-
-def check_config(config: ExportConfig) -> None:
-    if not str(config.out).endswith(".onnx"):
-        raise CompressError(f"output {config.out} must end in .onnx; pass --out PATH.onnx")
-    if config.exporter not in EXPORTERS:
-        raise CompressError(f"unknown exporter {config.exporter!r}; use one of {', '.join(EXPORTERS)}")
-    if config.optimize is not None and config.optimize not in OPTIMIZATION_LEVELS[1:]:
-        raise CompressError(f"unknown optimisation level {config.optimize!r}; use basic, extended or all")
-    if config.transformer is not None and config.transformer not in TRANSFORMER_TYPES:
-        raise CompressError(
-            f"unknown transformer type {config.transformer!r}; use one of {', '.join(TRANSFORMER_TYPES)}"
-        )
-    if config.static_batch is not None and config.static_batch < 1:
-        raise CompressError(f"--static-batch must be at least 1, got {config.static_batch}")
-    for name in ("atol", "rtol"):
-        value = getattr(config, name)
-        if not (value >= 0 and np.isfinite(value)):
-            raise CompressError(f"--{name} must be a finite number >= 0, got {value}")
-    if config.parity_samples < max(PARITY_BATCHES):
-        raise CompressError(f"parity needs at least {max(PARITY_BATCHES)} samples, got {config.parity_samples}")
+    @field_validator("out")
+    @classmethod
+    def _onnx_out(cls, out: str) -> str:
+        if not out.endswith(".onnx"):
+            raise ValueError(f"`out` must end in .onnx, got {out!r}")
+        return out
 
 
 def choose_opset(requested: int | None, exporter: str) -> int:
@@ -104,7 +109,8 @@ def choose_opset(requested: int | None, exporter: str) -> int:
 
 def export(config: ExportConfig) -> dict[str, Any]:
     """Export, verify and write ``config.out`` with its manifest; return the manifest."""
-    check_config(config)
+    from ..modelspec import count_macs, count_params, model_from_checkpoint
+
     checkpoint = load_checkpoint(config.checkpoint)
     source = read_manifest(config.checkpoint) or {}
     opset = choose_opset(config.opset, config.exporter)
@@ -151,7 +157,7 @@ def export(config: ExportConfig) -> dict[str, Any]:
         sha = sha256_file(staged)
         _move_into_place(staging, out)
 
-    manifest = new_manifest(out, "export", asdict(config))
+    manifest = new_manifest(out, "export", config.model_dump(mode="json"))
     manifest["inputs"] = [input_record("checkpoint", config.checkpoint)]
     manifest["model"] = source.get("model") or {
         "spec": checkpoint["model_spec"],
@@ -194,12 +200,14 @@ def export(config: ExportConfig) -> dict[str, Any]:
     manifest["metrics"] = {"params": count_params(model)}
     manifest["sha256"] = sha
     manifest["size_bytes"] = info["size_bytes"]
-    write_json(manifest_path(out), manifest)
+    write_manifest(out, manifest)
     return manifest
 
 
 def _example_input(samples: np.ndarray | None, in_shape: tuple, batch: int) -> torch.Tensor:
     """Real samples when there are some (tracing follows real data paths), zeros otherwise."""
+    import torch
+
     if samples is not None and len(samples) >= batch:
         return torch.from_numpy(np.ascontiguousarray(samples[:batch]))
     return torch.zeros((batch, *in_shape))
@@ -235,6 +243,8 @@ def _export_to(
     output_name: str,
     large: bool,
 ) -> None:
+    import torch
+
     dynamic = config.static_batch is None
     try:
         with quiet(), torch.no_grad():
@@ -298,17 +308,16 @@ def _optimize_transformer(path: Path, config: ExportConfig, large: bool) -> None
         raise CompressError(
             f"onnxruntime.transformers is not importable ({first_line(exc)}); reinstall onnxruntime"
         ) from None
-    try:
-        with quiet():
-            optimized = optimize_model(
-                str(path), model_type=config.transformer, num_heads=config.num_heads, hidden_size=config.hidden_size
-            )
-            optimized.save_model_to_file(str(path), use_external_data_format=large)
-    except Exception as exc:
-        raise CompressError(
-            f"the {config.transformer} transformer optimizer failed on this model "
-            f"({first_line(exc)}); export without --transformer"
-        ) from None
+    with (
+        foreign_errors(
+            f"the {config.transformer} transformer optimizer failed on this model", "export without --transformer"
+        ),
+        quiet(),
+    ):
+        optimized = optimize_model(
+            str(path), model_type=config.transformer, num_heads=config.num_heads, hidden_size=config.hidden_size
+        )
+        optimized.save_model_to_file(str(path), use_external_data_format=large)
 
 
 def _optimize_with_runtime(path: Path, level: str, large: bool) -> None:
@@ -327,13 +336,8 @@ def _optimize_with_runtime(path: Path, level: str, large: bool) -> None:
 def _check_onnx(path: Path) -> None:
     import onnx
 
-    try:
+    with foreign_errors("the exported model fails the ONNX checker", "try the other --exporter or another --opset"):
         onnx.checker.check_model(str(path), full_check=False)
-    except Exception as exc:
-        raise CompressError(
-            f"the exported model fails the ONNX checker ({first_line(exc)}); "
-            "try the other --exporter or another --opset"
-        ) from None
 
 
 def _parity_check(model: torch.nn.Module, path: Path, samples: np.ndarray, config: ExportConfig) -> dict[str, Any]:
@@ -342,6 +346,8 @@ def _parity_check(model: torch.nn.Module, path: Path, samples: np.ndarray, confi
     Both see identical batches, so a model whose output depends on the batch's composition is
     compared fairly, and a batch size the graph baked in fails loudly.
     """
+    import torch
+
     runner = OnnxClassifier(open_session(path, role="exported model"), "the exported model")
     results = []
     for batch in (config.static_batch,) if config.static_batch else PARITY_BATCHES:
@@ -404,3 +410,37 @@ def _compare(expected: np.ndarray, got: np.ndarray, batch: int, config: ExportCo
         "top1_agreement": float((got.argmax(1) == expected.argmax(1)).mean()),
         "passed": finite and bool(np.allclose(got, expected, atol=config.atol, rtol=config.rtol)),
     }
+
+
+def summary(manifest: dict[str, Any]) -> list[str]:
+    parity, onnx_info = manifest["parity"], manifest["onnx"]
+    if parity:
+        batches = ", ".join(str(b["batch_size"]) for b in parity["batches"])
+        checked = (
+            f"parity: max |diff| {parity['max_abs_diff']:.2g}, top-1 agreement "
+            f"{100 * parity['top1_agreement']:.1f}% on {parity['samples']} samples at batch {batches}"
+        )
+    else:
+        checked = "parity: not checked (--no-parity)"
+    return [
+        checked,
+        f"onnx: opset {onnx_info['opset']}, {onnx_info['nodes']} nodes, "
+        f"{manifest['size_bytes'] / 1024:.1f} KiB, batch axis "
+        f"{'dynamic' if manifest['input_spec']['dynamic_axes'] else 'fixed'}",
+    ]
+
+
+STAGE = Stage(
+    name="export",
+    config=ExportConfig,
+    run=export,
+    summary=summary,
+    reads=("checkpoint",),
+    help="""Export a checkpoint to ONNX and check that ONNX Runtime computes what PyTorch does.
+
+    \b
+    Examples:
+      compress export runs/mnist/student.pt --out runs/mnist/student.onnx
+      compress export runs/mnist/teacher.pt --out runs/mnist/teacher.onnx --optimize extended
+    """,
+)

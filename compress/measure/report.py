@@ -14,16 +14,30 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..artifacts import current_umask, staging_dir
 from ..errors import CompressError
+from .report_model import FORMAT, error_line, validate_report_json
 
 PLOT = "plot.png"
 
 
 def write_report(report: dict[str, Any], folder: str | Path) -> list[Path]:
+    """Write the report files; the report is checked against :class:`~.report_model.Report` first,
+    and one that does not match it (a bug in compress, not the user's doing) raises ``ValueError``
+    before anything is written."""
     folder = Path(folder)
+    text = json.dumps(report, indent=2) + "\n"
+    try:
+        validate_report_json(text)
+    except ValidationError as exc:
+        raise ValueError(
+            f"compress made a bench report that does not match its format {FORMAT} "
+            f"({error_line(exc)}); this is a bug in compress"
+        ) from exc
     with staging_dir(folder) as staging:
-        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (staging / "report.json").write_text(text)
         (staging / "report.md").write_text(markdown(report))
         png = plot_png(report)
         (staging / PLOT).write_bytes(png)
@@ -82,25 +96,33 @@ def table_rows(report: dict) -> list[list[str]]:
     return rows
 
 
-HEADER = [
-    "model",
-    "provider",
-    "batch",
-    "threads",
-    "params",
-    "KiB",
-    "top-1 % (Δ pts)",
-    "p50 ms",
-    "p90 ms",
-    "p99 ms",
-    "samples/s",
-    "speed-up (95% CI)",
-]
+def percent(confidence: float) -> str:
+    """0.95 -> '95%', 0.995 -> '99.5%'."""
+    return f"{round(100 * confidence, 6):g}%"
+
+
+def header(report: dict) -> list[str]:
+    """The table's column names; the speed-up's names the report's confidence level."""
+    return [
+        "model",
+        "provider",
+        "batch",
+        "threads",
+        "params",
+        "KiB",
+        "top-1 % (Δ pts)",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "samples/s",
+        f"speed-up ({percent(report['timing']['confidence'])} CI)",
+    ]
 
 
 def terminal_table(report: dict) -> str:
-    rows = [HEADER] + table_rows(report)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    names = header(report)
+    rows = [names] + table_rows(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(names))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
@@ -127,13 +149,13 @@ def _machine_lines(report: dict) -> list[str]:
     lines.append(
         f"- Timing: {t['warmup']} warm-up runs, then at least {t['min_runs']} runs and "
         f"{t['min_seconds']} s per model and configuration in {t['rounds']} rounds "
-        f"alternating with the baseline; {int(100 * t['confidence'])}% intervals."
+        f"alternating with the baseline; {percent(t['confidence'])} intervals."
     )
     return lines
 
 
 def markdown(report: dict) -> str:
-    rows = table_rows(report)
+    rows, names = table_rows(report), header(report)
     lines = [
         f"## Latency and accuracy against `{report['baseline']}`",
         "",
@@ -141,8 +163,8 @@ def markdown(report: dict) -> str:
         "",
         *_machine_lines(report),
         "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + " --- |" * len(HEADER),
+        "| " + " | ".join(names) + " |",
+        "|" + " --- |" * len(names),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += [
@@ -249,7 +271,7 @@ def html_page(report: dict, png: bytes) -> str:
 
     machine = "".join(f"<li>{html.escape(line[2:])}</li>" for line in _machine_lines(report))
     notes = "".join(f"<li>{html.escape(line[2:])}</li>" for line in _model_notes(report))
-    table = cells(HEADER, "th") + "".join(cells(r, "td") for r in table_rows(report))
+    table = cells(header(report), "th") + "".join(cells(r, "td") for r in table_rows(report))
     image = base64.b64encode(png).decode("ascii")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>compress bench: {html.escape(report["baseline"])}</title>
@@ -267,17 +289,38 @@ th{{background:#f3f3f3}}td:first-child,td:nth-child(2){{text-align:left}}</style
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
+    """A report.json (or the folder holding one), checked against :class:`~.report_model.Report`:
+    anything else is a ``CompressError`` naming the file and the first field at fault."""
     path = Path(path)
     if path.is_dir():
         path = path / "report.json"
     try:
-        report = json.loads(path.read_text())
+        text = path.read_text()
+        report = json.loads(text)
     except FileNotFoundError:
         raise CompressError(f"{path} does not exist; give a report.json written by compress bench") from None
+    except OSError as exc:
+        raise CompressError(f"{path} could not be read ({exc.strerror or exc})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CompressError(f"{path} is not valid JSON ({exc}); give a report.json from compress bench") from None
-    if not isinstance(report, dict) or report.get("format") != "compress-bench-report/1":
-        raise CompressError(f"{path} is not a compress bench report")
+    if not isinstance(report, dict) or "format" not in report:
+        raise CompressError(
+            f'{path} is not a compress bench report (it has no "format"); give a report.json written by compress bench'
+        )
+    written = report["format"]
+    if written != FORMAT:
+        if isinstance(written, str) and written.startswith(FORMAT.rsplit("/", 1)[0] + "/"):
+            raise CompressError(
+                f"report {path}: format: {' '.join(written.split())[:60]} is not {FORMAT}, the only report "
+                f"format this compress reads; use the compress version that wrote it"
+            )
+        raise CompressError(
+            f"report {path}: format: {str(written)[:60]!r} is not a compress bench report format ({FORMAT})"
+        )
+    try:
+        validate_report_json(text)
+    except ValidationError as exc:
+        raise CompressError(f"report {path}: {error_line(exc)}") from None
     return report
 
 

@@ -1,78 +1,29 @@
-"""``compress distill``: train a student towards a teacher's soft targets (and hints)."""
+"""The distillation objective: soft targets from a teacher mixed with the labels, FitNets hints
+through learned projections, and the teacher's outputs cached across epochs."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from ..artifacts import sha256_file
 from ..data import Dataset, Preprocessing, load_dataset
-from ..errors import CompressError
-from ..loop import Fit, accuracy, check_config, resolve_device
-from ..modelspec import build_model
-from ..progress import log
-from ..train import TrainConfig
+from ..errors import CompressError, foreign_errors
+from ..loop import accuracy
 from .losses import distillation_loss, hint_loss
 from .teachers import Teacher, TeacherOutputs, capture_outputs, load_teacher
 
-CACHE_MODES = ("auto", "memory", "disk", "off")
+if TYPE_CHECKING:
+    from ..stages.distill import DistillConfig
 
-
-@dataclass
-class DistillConfig(TrainConfig):
-    """A training run whose targets come from a teacher. ``model`` is the student."""
-
-    model: str = "mlp"
-    out: str = "runs/student.pt"
-    teacher: str = ""
-    temperature: float = 4.0
-    alpha: float = 0.9  # weight of the soft (teacher) term; 1 - alpha for the labels
-    loss: str = "kl"  # kl (soft targets, scaled by T²) | mse (raw logits)
-    hints: list[str] = field(default_factory=list)  # "TEACHER_LAYER:STUDENT_LAYER"
-    beta: float = 1.0  # weight of each hint loss
-    teacher_cache: str = "auto"  # auto | memory | disk | off
-
-
-def parse_hints(hints: list[str]) -> list[tuple[str, str]]:
-    pairs = []
-    for hint in hints:
-        teacher_layer, sep, student_layer = hint.partition(":")
-        if not sep or not teacher_layer or not student_layer:
-            raise CompressError(
-                f"--hint {hint!r} must look like TEACHER_LAYER:STUDENT_LAYER "
-                "(see `compress distill --list-layers MODEL`)"
-            )
-        pairs.append((teacher_layer, student_layer))
-    return pairs
-
-
-def check_distill_config(config: DistillConfig) -> None:
-    check_config(config)
-    if not config.teacher:
-        raise CompressError("no teacher given; pass --teacher PATH (a .pt checkpoint, TorchScript or .onnx)")
-    if config.temperature <= 0:
-        raise CompressError(f"--temperature must be positive (got {config.temperature})")
-    if not 0 <= config.alpha <= 1:
-        raise CompressError(f"--alpha must be between 0 and 1 (got {config.alpha})")
-    if config.loss not in ("kl", "mse"):
-        raise CompressError(f"unknown --loss {config.loss!r}; use kl or mse")
-    if config.teacher_cache not in CACHE_MODES:
-        raise CompressError(f"unknown --teacher-cache {config.teacher_cache!r}; use {', '.join(CACHE_MODES)}")
-    if config.augment != "none" and config.teacher_cache in ("memory", "disk"):
-        raise CompressError(
-            f"--teacher-cache {config.teacher_cache} needs the same inputs every epoch, "
-            "but --augment changes them; use --teacher-cache auto or off"
-        )
-    if config.beta < 0:
-        raise CompressError(f"--beta must be >= 0 (got {config.beta})")
-    parse_hints(config.hints)
+log = logging.getLogger(__name__).info
 
 
 def make_projection(student_feature: torch.Tensor, teacher_feature: torch.Tensor, hint: str) -> torch.nn.Module:
@@ -103,7 +54,7 @@ class DistillObjective:
         self, config: DistillConfig, teacher: Teacher, student: torch.nn.Module, dataset: Dataset, device: torch.device
     ):
         self.config, self.teacher, self.dataset, self.device = config, teacher, dataset, device
-        self.hints = parse_hints(config.hints)
+        self.hints = config.hint_pairs
         self.teacher_layers = tuple(t for t, _ in self.hints)
         self.student_layers = tuple(s for _, s in self.hints)
         self.projections = torch.nn.ModuleList()
@@ -244,32 +195,14 @@ def load_matching_teacher(config: DistillConfig, device: torch.device) -> tuple[
             "use the teacher's dataset"
         )
     probe = torch.from_numpy(dataset.x_train[:2]).to(device)
-    try:
+    # a foreign model may fail in any way on the wrong input
+    with foreign_errors(
+        f"teacher {teacher.path} fails on inputs of shape {list(dataset.in_shape)}", "check --data", limit=160
+    ):
         logits, _ = teacher(probe)
-    except CompressError:
-        raise
-    except Exception as exc:  # a foreign model may fail in any way on the wrong input
-        raise CompressError(
-            f"teacher {teacher.path} fails on inputs of shape {list(dataset.in_shape)} "
-            f"({str(exc).strip().splitlines()[0][:160]}); check --data"
-        ) from None
     if logits.dim() != 2 or logits.shape[1] != dataset.num_classes:
         raise CompressError(
             f"teacher {teacher.path} outputs shape {list(logits.shape[1:])} per sample but "
             f"{config.data} has {dataset.num_classes} classes; it must output one logit per class"
         )
     return teacher, dataset
-
-
-def distill(config: DistillConfig) -> dict[str, Any]:
-    """Distil ``config.teacher`` into the student ``config.model``; write its checkpoint and manifest.
-
-    Returns the manifest (also written beside the checkpoint).
-    """
-    check_distill_config(config)
-    device = resolve_device(config.device)
-    teacher, dataset = load_matching_teacher(config, device)
-    torch.manual_seed(config.seed)
-    student = build_model(config.model, dataset.in_shape, dataset.num_classes, config.model_args)
-    objective = DistillObjective(config, teacher, student, dataset, device)
-    return Fit(config, "distill", dataset, student, objective, device).run()

@@ -8,8 +8,8 @@ shared machine hits all of them alike and their ratios stay meaningful.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 

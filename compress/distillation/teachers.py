@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..artifacts import load_checkpoint, read_manifest
-from ..errors import CompressError
+from ..errors import CompressError, foreign_errors
 from ..modelspec import model_from_checkpoint
 from ..onnx_io import OnnxClassifier, open_session
 
@@ -116,15 +116,12 @@ def load_teacher(path: str | Path, device: torch.device) -> Teacher:
     if path.suffix == ".pt2":
         return _load_exported_teacher(path, manifest, device)
     if _is_torchscript(path):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                module = torch.jit.load(str(path), map_location=device)
-        except (RuntimeError, ValueError) as exc:
-            raise CompressError(
-                f"teacher {path} is not a readable TorchScript file "
-                f"({str(exc).strip().splitlines()[0]}); re-save it with torch.jit.save"
-            ) from None
+        with (
+            foreign_errors(f"teacher {path} is not a readable TorchScript file", "re-save it with torch.jit.save"),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location=device)
         return Teacher(path, "torchscript", module=module.eval(), manifest=manifest, device=device)
     checkpoint = load_checkpoint(path)
     module = model_from_checkpoint(checkpoint)
@@ -150,13 +147,8 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _load_exported_teacher(path: Path, manifest: dict | None, device: torch.device) -> Teacher:
-    try:
+    with foreign_errors(f"teacher {path} is not a readable torch.export program", "re-save it with torch.export.save"):
         program = torch.export.load(str(path))
-    except Exception as exc:  # torch.export raises many types for a bad archive
-        raise CompressError(
-            f"teacher {path} is not a readable torch.export program "
-            f"({str(exc).strip().splitlines()[0]}); re-save it with torch.export.save"
-        ) from None
     return Teacher(path, "exported", module=program.module().to(device), manifest=manifest, device=device)
 
 
@@ -202,7 +194,7 @@ class TeacherOutputs:
         cache_dir: Path,
         cache_key: Callable[[], str],
         batch_size: int,
-    ) -> "TeacherOutputs":
+    ) -> TeacherOutputs:
         probe_logits, probe_features = teacher(x_train[:2], hint_layers)
         shapes = {"logits": probe_logits.shape[1:], **{n: f.shape[1:] for n, f in probe_features.items()}}
         total = sum(int(np.prod(s)) for s in shapes.values()) * 4 * len(x_train)

@@ -13,60 +13,95 @@ The quantization itself is ONNX Runtime's (``quant_pre_process``, ``quantize_sta
 
 from __future__ import annotations
 
+import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field, field_validator, model_validator
 
-from .artifacts import (
-    atomic_path,
-    input_record,
-    manifest_path,
-    new_manifest,
-    read_manifest,
-    sha256_file,
-    staging_dir,
-    write_json,
-)
-from .bench.latency import compare
-from .data import Dataset, load_dataset_for
-from .errors import CompressError
-from .hardware import CpuInfo, cpu_info
-from .onnx_io import OnnxClassifier, first_line, load_model, model_info, open_session, quiet
+from ..artifacts import atomic_path, input_record, new_manifest, read_manifest, sha256_file, staging_dir, write_manifest
+from ..data import Dataset, load_dataset_for
+from ..errors import CompressError, first_line
+from ..hardware import CpuInfo, cpu_info
+from ..measure.latency import compare
+from ..onnx_io import OnnxClassifier, load_model, model_info, open_session, quiet
+from .base import Cli, Stage, StageConfig
+from .train import DATA_HELP
 
-MODES = ("static", "dynamic")
-FORMATS = ("qdq", "qoperator")
-INT8_TYPES = ("auto", "u8", "s8")
-CALIBRATIONS = ("minmax", "entropy", "percentile")
 # The ops whose int8 kernels make the speed; a node of these types is what the accuracy loop keeps in float.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+logger = logging.getLogger(__name__)
+log = logger.info
+
 SEARCH_DEFAULT_BUDGET = 1.0  # accuracy points, when --search is given without --max-accuracy-drop
 SENSITIVITY_SAMPLES = 512  # validation samples that rank the nodes by quantization error
 NOT_FASTER_RATIO = 1.05  # int8 below this speed-up counts as "not faster"
 
 
-@dataclass
-class QuantizeConfig:
-    model: str
-    out: str
-    data: str | None = None  # default: the data named in the model's manifest
-    preprocessing: str | None = None  # fit | scale | raw, for a model without a manifest
-    mode: str = "static"
-    format: str = "qdq"
-    activation_type: str = "auto"
-    weight_type: str = "auto"
-    per_channel: bool = False
-    calibration: str = "minmax"
-    calibration_samples: int = 512
-    preprocess: bool = True  # quant_pre_process: shape inference + optimisation first
-    max_accuracy_drop: float | None = None  # accuracy points against fp32 on the validation split
-    allow_over_budget: bool = False
-    search: bool = False
-    batch_size: int = 64  # batch size of the latency timing
-    threads: int | None = None  # intra-op threads of the timing sessions (default: ORT's)
-    seed: int = 0  # which training samples calibrate
+class QuantizeConfig(StageConfig):
+    model: Annotated[str, Cli(argument=True)] = Field(description="The fp32 ONNX model to quantize.")
+    out: str = Field(description="int8 ONNX model to write (.onnx); its manifest goes beside it (.onnx.json).")
+    data: str | None = Field(
+        None, description=f"Calibration and validation data (default: the data in the model's manifest): {DATA_HELP}."
+    )
+    preprocessing: Literal["fit", "scale", "raw"] | None = Field(
+        None,
+        description="For a model without a manifest: how its inputs were normalised (fit: mean/std of the "
+        "training split, as compress train does; scale: pixels to [0, 1]; raw).",
+    )
+    mode: Literal["static", "dynamic"] = Field(
+        "static", description="static: activation ranges calibrated on --data; dynamic: computed at run time."
+    )
+    format: Literal["qdq", "qoperator"] = Field(
+        "qdq", description="Static format: QuantizeLinear/DequantizeLinear pairs, or integer operators."
+    )
+    activation_type: Literal["auto", "u8", "s8"] = Field(
+        "auto", description="auto: what runs fast on this CPU (printed with the reason)."
+    )
+    weight_type: Literal["auto", "u8", "s8"] = "auto"
+    per_channel: bool = Field(False, description="One scale per output channel of each weight.")
+    calibration: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="How activation ranges are set."
+    )
+    calibration_samples: int = Field(512, ge=1, description="Training samples that calibrate (static mode).")
+    preprocess: bool = Field(
+        True, description="Run onnxruntime's quant_pre_process (shape inference, optimisation) first."
+    )
+    max_accuracy_drop: Annotated[float | None, Cli(metavar="POINTS")] = Field(
+        None,
+        ge=0,
+        lt=100,
+        description="Accuracy budget against fp32 on the validation split, in points: keep "
+        "the most sensitive nodes in float until it is met.",
+    )
+    allow_over_budget: bool = Field(
+        False, description="Write the model even when the budget cannot be met (else: exit 2, nothing written)."
+    )
+    search: bool = Field(
+        False,
+        description="Try every sensible mode/format/type/per-channel setting, time "
+        "each, keep the fastest within the budget (1 point unless --max-accuracy-drop).",
+    )
+    batch_size: int = Field(64, ge=1, description="Batch size of the timing.")
+    threads: int | None = Field(None, ge=1, description="Intra-op threads of the timing (default: onnxruntime's).")
+    seed: int = Field(0, description="Which training samples calibrate.")
+
+    @field_validator("out")
+    @classmethod
+    def _onnx_out(cls, out: str) -> str:
+        if not out.endswith(".onnx"):
+            raise ValueError(f"`out` must end in .onnx, got {out!r}")
+        return out
+
+    @model_validator(mode="after")
+    def _keeps_the_input(self) -> QuantizeConfig:
+        if Path(self.out).resolve() == Path(self.model).resolve():
+            raise ValueError("`out` must differ from the input model; the fp32 model is kept")
+        return self
 
 
 @dataclass(frozen=True)
@@ -106,28 +141,6 @@ class Candidate:
     accuracy: float | None = None
     latency: dict | None = None
     speedup: tuple[float, float, float] | None = None
-
-
-def check_config(config: QuantizeConfig) -> None:
-    def choice(name, value, allowed):
-        if value not in allowed:
-            raise CompressError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}")
-
-    if not str(config.out).endswith(".onnx"):
-        raise CompressError(f"output {config.out} must end in .onnx; pass --out PATH.onnx")
-    if Path(config.out).resolve() == Path(config.model).resolve():
-        raise CompressError("--out must differ from the input model; the fp32 model is kept")
-    choice("mode", config.mode, MODES)
-    choice("format", config.format, FORMATS)
-    choice("activation type", config.activation_type, INT8_TYPES)
-    choice("weight type", config.weight_type, INT8_TYPES)
-    choice("calibration method", config.calibration, CALIBRATIONS)
-    if config.calibration_samples < 1:
-        raise CompressError(f"--calibration-samples must be at least 1, got {config.calibration_samples}")
-    if config.max_accuracy_drop is not None and not (0 <= config.max_accuracy_drop < 100):
-        raise CompressError(f"--max-accuracy-drop is in accuracy points (0-100), got {config.max_accuracy_drop}")
-    if config.batch_size < 1 or (config.threads is not None and config.threads < 1):
-        raise CompressError("--batch-size and --threads must be at least 1")
 
 
 def choose_settings(config: QuantizeConfig, cpu: CpuInfo) -> Settings:
@@ -202,7 +215,7 @@ def search_space(base: Settings, cpu: CpuInfo) -> list[Settings]:
                 reasons=(),
             )
         )
-        for fmt in FORMATS:
+        for fmt in ("qdq", "qoperator"):
             for activation in ("u8", "s8"):
                 if fmt == "qoperator" and activation == "s8" and cpu.is_x86:
                     continue
@@ -301,13 +314,12 @@ class Quantizer:
         return out
 
 
-def quantize(config: QuantizeConfig, log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+def quantize(config: QuantizeConfig) -> dict[str, Any]:
     """Quantize ``config.model`` to ``config.out`` (with manifest); return the manifest.
 
-    ``log`` receives progress lines. Raises CompressError for bad input, and for a model that
+    Progress goes to the ``compress`` logger. Raises CompressError for bad input, and for a model that
     misses the accuracy budget unless ``allow_over_budget``; then nothing is written.
     """
-    check_config(config)
     load_model(config.model, role="model")
     source = read_manifest(config.model) or {}
     float_runner = OnnxClassifier(open_session(config.model, role="model"), f"model {config.model}")
@@ -335,9 +347,9 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] = lambda line: N
         candidates: list[Candidate] = []
         chosen: Candidate | None = None
         if config.search:
-            candidates = _search(quantizer, search_space(base, cpu), accuracy_of, timing_input, config, log)
+            candidates = _search(quantizer, search_space(base, cpu), accuracy_of, timing_input, config)
             within = [c for c in candidates if drop(c) <= budget]
-            chosen = _pick(within, base, log)
+            chosen = _pick(within, base)
             if chosen is None:
                 log(
                     f"search: no setting is within {budget} points; keeping the most sensitive "
@@ -354,7 +366,7 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] = lambda line: N
                 f"budget of {budget}; ranking nodes by quantization error"
             )
             sensitivity = _rank_nodes(quantizer, chosen.settings, float_runner, float_path, eval_x)
-            chosen = _exclude_until_within(quantizer, chosen, sensitivity, float_accuracy, budget, accuracy_of, log)
+            chosen = _exclude_until_within(quantizer, chosen, sensitivity, float_accuracy, budget, accuracy_of)
         over_budget = budget is not None and drop(chosen) > budget
         if over_budget and not config.allow_over_budget:
             raise CompressError(
@@ -367,11 +379,13 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] = lambda line: N
         # a copy: the search figures of the chosen candidate stay as they were measured
         speed = _time_candidates(config.model, [replace(chosen)], timing_input, config)
         warnings_ = _speed_warnings(chosen, speed, cpu)
+        for warning in warnings_:
+            logger.warning(warning)
         coverage = _int8_coverage(chosen.path)
         with atomic_path(out) as tmp:
             shutil.copyfile(chosen.path, tmp)
 
-    manifest = new_manifest(out, "quantize", asdict(config))
+    manifest = new_manifest(out, "quantize", config.model_dump(mode="json"))
     manifest["inputs"] = [input_record("model", config.model)]
     for key in ("model", "input_spec", "output_spec", "preprocessing", "labels", "data"):
         manifest[key] = source.get(key)
@@ -407,11 +421,11 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] = lambda line: N
     manifest["onnx"] = {"opset": int8_info["opset"], "nodes": int8_info["nodes"], "op_types": int8_info["op_types"]}
     manifest["sha256"] = sha256_file(out)
     manifest["size_bytes"] = int8_info["size_bytes"]
-    write_json(manifest_path(out), manifest)
+    write_manifest(out, manifest)
     return manifest
 
 
-def _pick(within: list[Candidate], base: Settings, log: Callable[[str], None]) -> Candidate | None:
+def _pick(within: list[Candidate], base: Settings) -> Candidate | None:
     """The fastest candidate by speed-up over fp32 (each was timed beside fp32, so drift between
     pairs cancels) — unless the default setting is within that one's round-to-round spread: then
     the default, rather than a winner by noise."""
@@ -435,7 +449,6 @@ def _search(
     accuracy_of: Callable[[Path], float | None],
     timing_input: np.ndarray,
     config: QuantizeConfig,
-    log: Callable[[str], None],
 ) -> list[Candidate]:
     """Every setting of ``space`` quantized, its accuracy measured, each timed beside fp32."""
     log(f"search: trying {len(space)} settings")
@@ -563,7 +576,6 @@ def _exclude_until_within(
     float_accuracy: float,
     budget: float,
     accuracy_of: Callable[[Path], float | None],
-    log: Callable[[str], None],
 ) -> Candidate:
     """Keep the most sensitive nodes in float, one more at a time, until the budget is met."""
     excluded: list[str] = []
@@ -685,3 +697,53 @@ def _candidate_record(c: Candidate, float_accuracy: float | None) -> dict[str, A
         "speedup": c.speedup[0] if c.speedup else None,
         "speedup_range": [c.speedup[1], c.speedup[2]] if c.speedup else None,
     }
+
+
+def summary(manifest: dict[str, Any]) -> list[str]:
+    q, m = manifest["quantization"], manifest["metrics"]
+    lines = [
+        f"settings: {q['mode']}, {q['format']}, activations {q['activation_type']}, weights "
+        f"{q['weight_type']}{', per-channel' if q['per_channel'] else ''}"
+        f"{', reduce_range' if q['reduce_range'] else ''}"
+        + (f", {q['calibration']} calibration on {q['calibration_samples']} samples" if q["mode"] == "static" else "")
+    ]
+    lines += [f"  why: {reason}" for reason in q["reasons"]]
+    if q["search"]:
+        lines.append(f"{'candidate':<42} {'accuracy':>9} {'p50 ms':>8} {'speed-up':>8}")
+        for c in q["search"]:
+            acc = "n/a" if c["accuracy"] is None else f"{100 * c['accuracy']:.2f}%"
+            lines.append(f"{c['settings']:<42} {acc:>9} {c['p50_ms']:>8.3f} {c['speedup']:>7.2f}x")
+    if q["excluded_nodes"]:
+        lines.append(f"kept in float: {', '.join(q['excluded_nodes'])}")
+    if m["float_accuracy"] is not None:
+        lines.append(
+            f"accuracy ({m['accuracy_split']}): fp32 {100 * m['float_accuracy']:.2f}% -> int8 "
+            f"{100 * m['accuracy']:.2f}% (drop {m['accuracy_drop_points']:.2f} points)"
+        )
+    lat = m["latency"]
+    lines.append(
+        f"latency (batch {lat['batch_size']}, p50): fp32 {lat['float']['p50_ms']:.3f} ms -> int8 "
+        f"{lat['int8']['p50_ms']:.3f} ms, {lat['speedup']:.2f}x "
+        f"({lat['speedup_range'][0]:.2f}-{lat['speedup_range'][1]:.2f}x over {lat['rounds']} rounds)"
+    )
+    lines.append(f"size: {m['float_size_bytes'] / 1024:.1f} KiB -> {m['size_bytes'] / 1024:.1f} KiB")
+    lines += [f"recommendation: {m['recommendation']}"] if m["warnings"] else []
+    return lines
+
+
+STAGE = Stage(
+    name="quantize",
+    config=QuantizeConfig,
+    run=quantize,
+    summary=summary,
+    reads=("model",),
+    help="""Quantize an ONNX model to int8 with onnxruntime.quantization, then check accuracy and speed.
+
+    \b
+    Examples:
+      compress quantize runs/mnist/student.onnx --out runs/mnist/student.int8.onnx
+      compress quantize runs/mnist/teacher.onnx --out runs/mnist/teacher.int8.onnx \\
+                        --search --max-accuracy-drop 0.3
+      compress quantize model.onnx --data mnist:DIR --preprocessing fit --mode dynamic --out model.int8.onnx
+    """,
+)

@@ -8,73 +8,116 @@ one interleaved measurement. Accuracy is measured on the test split through ONNX
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import asdict, dataclass, field
+import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field, field_validator, model_validator
 
 from ..artifacts import read_manifest, sha256_file
 from ..data import Dataset, load_dataset_for
 from ..errors import CompressError
 from ..hardware import machine_info
-from ..onnx_io import OPTIMIZATION_LEVELS, load_model, model_info
-from .latency import LatencyStats, compare, time_calls
-from .runner import first_run_s, load, make_call, node_placement, peak_memory_mb, resolve_providers
-from .stats import median_ci, speedup_ci, verdict
+from ..measure.latency import LatencyStats, compare, time_calls
+from ..measure.report import write_report
+from ..measure.runner import first_run_s, load, make_call, node_placement, peak_memory_mb, resolve_providers
+from ..measure.stats import median_ci, speedup_ci, verdict
+from ..onnx_io import load_model, model_info
+from .base import Cli, Shortcut, Stage, StageConfig
+from .train import DATA_HELP
 
 REPORT_FORMAT = "compress-bench-report/1"
+log = logging.getLogger(__name__).info
 ROUNDS = 7  # the min-max of 7 per-round speed-ups holds the median speed-up with 98% confidence
 
 
-@dataclass
-class BenchConfig:
-    models: list[str]
-    report: str  # folder for report.json / .md / .html / .png
-    baseline: str | None = None  # default: the first model
-    data: str | None = None  # default: each model's manifest data
-    preprocessing: str | None = None  # for models without a manifest
-    providers: list[str] = field(default_factory=lambda: ["cpu"])
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
-    threads: list[int] = field(default_factory=lambda: [1])
-    warmup: int = 10
-    min_runs: int = 50
-    min_seconds: float = 1.0  # per model and configuration
-    optimization: str = "all"
-    include_copies: bool = False  # GPU: time host<->device copies too
-    accuracy_samples: int | None = None  # default: the whole test split
-    memory: bool = True
-    confidence: float = 0.95
+def _comma_list(item: type) -> Callable[[str], list]:
+    """``--batch-sizes 1,64`` -> [1, 64]."""
+
+    def parse(text: str) -> list:
+        try:
+            values = [item(v.strip()) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise CompressError(
+                f"{text!r} is not a comma-separated list of {'whole numbers, e.g. 1,64' if item is int else 'names'}"
+            ) from None
+        if not values:
+            raise CompressError("an empty list was given; give e.g. 1,64")
+        return values
+
+    return parse
 
 
-def check_config(config: BenchConfig) -> None:
-    if not config.models:
-        raise CompressError("no models given; pass one or more .onnx files")
-    if len(set(map(_key, config.models))) != len(config.models):
-        raise CompressError("a model is listed twice; list each once")
-    if config.baseline is not None and _key(config.baseline) not in map(_key, config.models):
-        config.models.insert(0, config.baseline)  # the baseline is measured too, first
-    if Path(config.report).exists() and not Path(config.report).is_dir():
-        raise CompressError(f"{config.report} exists and is not a folder; choose another --report")
-    if not config.batch_sizes or min(config.batch_sizes) < 1:
-        raise CompressError("batch sizes must be at least 1, e.g. --batch-sizes 1,64")
-    if not config.threads or min(config.threads) < 1:
-        raise CompressError("thread counts must be at least 1, e.g. --threads 1,2")
-    if config.optimization not in OPTIMIZATION_LEVELS:
-        raise CompressError(f"unknown optimisation level {config.optimization!r}")
-    if config.min_runs < 1 or config.min_seconds < 0 or config.warmup < 0:
-        raise CompressError("--min-runs must be at least 1, --min-time and --warmup at least 0")
-    if config.accuracy_samples is not None and config.accuracy_samples < 1:
-        raise CompressError("--accuracy-samples must be at least 1")
+class BenchConfig(StageConfig):
+    models: Annotated[list[str], Cli(argument=True)] = Field(description="The ONNX models to measure.")
+    report: str = Field(description="Folder for report.json, report.md, report.html and plot.png.")
+    baseline: str | None = Field(None, description="The model the others are compared with (default: the first).")
+    data: str | None = Field(None, description=f"Test data (default: each model's manifest data): {DATA_HELP}.")
+    preprocessing: Literal["fit", "scale", "raw"] | None = Field(
+        None, description="For models without a manifest: how their inputs were normalised."
+    )
+    providers: Annotated[list[Literal["cpu", "cuda", "tensorrt"]], Cli(parse=_comma_list(str))] = Field(
+        default_factory=lambda: ["cpu"],
+        min_length=1,
+        description="Execution providers, comma-separated: cpu, cuda, tensorrt.",
+    )
+    batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]], Cli(parse=_comma_list(int))] = Field(
+        default_factory=lambda: [1, 64], min_length=1, description="Batch sizes, comma-separated."
+    )
+    threads: Annotated[list[Annotated[int, Field(ge=1)]], Cli(parse=_comma_list(int))] = Field(
+        default_factory=lambda: [1], min_length=1, description="Intra-op thread counts, comma-separated."
+    )
+    warmup: int = Field(10, ge=0, description="Untimed runs first.")
+    min_runs: int = Field(50, ge=1, description="Timed runs per model and configuration, at least.")
+    min_time: float = Field(1.0, ge=0, description="Seconds of timed runs per model and configuration, at least.")
+    optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="ONNX Runtime graph optimisation."
+    )
+    include_copies: bool = Field(
+        False, description="GPU: time host-to-device and back copies too (default: IOBinding keeps data on the device)."
+    )
+    accuracy_samples: int | None = Field(None, ge=1, description="Test samples for accuracy (default: all).")
+    memory: bool = Field(True, description="Measure each model's peak resident memory in a fresh process.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the intervals (0.5-1).")
+
+    @field_validator("models")
+    @classmethod
+    def _each_once(cls, models: list[str]) -> list[str]:
+        if not models:
+            raise ValueError("no models given; pass one or more .onnx files")
+        if len(set(map(_key, models))) != len(models):
+            raise ValueError("a model is listed twice; list each once")
+        return models
+
+    @field_validator("report")
+    @classmethod
+    def _a_folder(cls, report: str) -> str:
+        if Path(report).exists() and not Path(report).is_dir():
+            raise ValueError(f"{report} exists and is not a folder; choose another `report`")
+        return report
+
+    @model_validator(mode="after")
+    def _baseline_measured_first(self) -> BenchConfig:
+        if self.baseline is not None and _key(self.baseline) not in map(_key, self.models):
+            self.models = [self.baseline, *self.models]
+        return self
 
 
 def _key(path: str) -> Path:
     return Path(path).resolve()
 
 
-def bench(config: BenchConfig, log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
-    """Measure every model; return the report (written to disk by ``report.write_report``)."""
-    check_config(config)
+def bench(config: BenchConfig) -> dict[str, Any]:
+    """Measure every model, write the report into ``config.report``; return the report."""
+    report = measure(config)
+    write_report(report, config.report)
+    return report
+
+
+def measure(config: BenchConfig) -> dict[str, Any]:
+    """Measure every model; the report as a dict."""
     providers = resolve_providers(config.providers)
     paths = [Path(m) for m in config.models]
     baseline = Path(config.baseline) if config.baseline else paths[0]
@@ -129,7 +172,7 @@ def bench(config: BenchConfig, log: Callable[[str], None] = lambda line: None) -
     return {
         "format": REPORT_FORMAT,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "config": asdict(config),
+        "config": config.model_dump(mode="json"),
         "machine": machine_info(with_gpus=any(p != "cpu" for p in providers)),
         "session": {
             "graph_optimization": config.optimization,
@@ -141,7 +184,7 @@ def bench(config: BenchConfig, log: Callable[[str], None] = lambda line: None) -
         "timing": {
             "warmup": config.warmup,
             "min_runs": config.min_runs,
-            "min_seconds": config.min_seconds,
+            "min_seconds": config.min_time,
             "rounds": ROUNDS,
             "confidence": config.confidence,
             "method": "each model in rounds alternating with the baseline; p50 interval: order "
@@ -214,7 +257,7 @@ def _time_group(
     models: dict, baseline: Path, provider: str, threads: int, batch_size: int, config: BenchConfig
 ) -> list[dict[str, Any]]:
     """One provider x threads x batch size: each model timed against the baseline."""
-    per_round = config.min_seconds / ROUNDS
+    per_round = config.min_time / ROUNDS
     runs_per_round = -(-config.min_runs // ROUNDS)
     base_loaded = load(baseline, provider, threads, config.optimization)
     base_batch = _batch(models[baseline]["dataset"].x_test, batch_size)
@@ -222,7 +265,7 @@ def _time_group(
     base_times, timed = [], {}
     others = [p for p in models if p != baseline]
     if not others:  # a single model: nothing to alternate with
-        base_times.append(time_calls(base_call, config.warmup, config.min_runs, config.min_seconds))
+        base_times.append(time_calls(base_call, config.warmup, config.min_runs, config.min_time))
     for path in others:
         loaded = load(path, provider, threads, config.optimization)
         call = make_call(loaded, _batch(models[path]["dataset"].x_test, batch_size), config.include_copies)
@@ -271,3 +314,50 @@ def _row(
         ratio, s_low, s_high = speedup_ci(round_ratios, config.confidence)
         row.update(speedup=ratio, speedup_ci=[s_low, s_high], verdict=verdict(s_low, s_high))
     return row
+
+
+def summary(report: dict[str, Any]) -> list[str]:
+    from ..measure.report import terminal_table
+
+    return terminal_table(report).splitlines()
+
+
+def show_changes(paths: tuple[str, str], options: dict[str, Any]) -> list[str]:
+    """``--compare OLD NEW``: what got faster or slower beyond noise between two reports."""
+    from ..measure.report import compare_reports, load_report
+
+    if options.get("models"):
+        raise CompressError("--compare takes two reports and no models; run them separately")
+    return [
+        f"{c['model']:<28} {c['provider']:<5} batch {c['batch_size']:<4} threads {c['threads']:<2} p50 "
+        f"{c['old_p50_ms']:.3f} -> {c['new_p50_ms']:.3f} ms ({c['ratio']:.2f}x): {c['verdict']}"
+        for c in compare_reports(load_report(paths[0]), load_report(paths[1]))
+    ]
+
+
+STAGE = Stage(
+    name="bench",
+    config=BenchConfig,
+    run=bench,
+    summary=summary,
+    reads=("models", "baseline"),
+    writes=("report",),
+    shortcuts=(
+        Shortcut(
+            "--compare",
+            "OLD NEW",
+            "Compare two report.json files instead: what got faster or slower beyond noise.",
+            show_changes,
+            nargs=2,
+        ),
+    ),
+    help="""Latency and accuracy of ONNX models against a baseline, written up as a report.
+
+    \b
+    Examples:
+      compress bench runs/mnist/teacher.onnx runs/mnist/student.onnx runs/mnist/student.int8.onnx \\
+          --baseline runs/mnist/teacher.onnx --providers cpu,cuda --batch-sizes 1,64 --threads 1,2 \\
+          --report reports/mnist
+      compress bench --compare reports/old/report.json reports/new/report.json
+    """,
+)

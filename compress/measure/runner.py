@@ -6,14 +6,14 @@ import json
 import multiprocessing
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from ..errors import CompressError
-from ..onnx_io import OnnxClassifier, first_line, open_session
+from ..errors import CompressError, first_line
+from ..onnx_io import OnnxClassifier, open_session
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 

@@ -1,0 +1,282 @@
+"""The bench report's shape, as pydantic models: what ``write_report`` checks before writing and
+``load_report`` checks after reading.
+
+``report.schema.json`` next to this file is generated from :class:`Report`; after changing a model
+here, regenerate it with ``python -m compress.measure.report_model``.
+
+Validation is strict (no coercion: ``"7"`` is not a number, ``7.0`` is not a count) and numbers are
+finite, so a report that passes is one compress itself could have written. Extra keys are refused
+except in ``config`` (it echoes the ``compress bench`` options, which may grow without changing the
+report's format) and ``machine.software`` (one entry per library version found).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+FORMAT = "compress-bench-report/1"
+SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
+REGENERATE = "python -m compress.measure.report_model"
+
+Provider = Literal["cpu", "cuda", "tensorrt"]
+Verdict = Literal["baseline", "faster", "slower", "within noise"]
+Count = Annotated[int, Field(ge=1)]
+Seconds = Annotated[float, Field(ge=0)]
+Milliseconds = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+def _ordered(interval: tuple[float, float]) -> tuple[float, float]:
+    if interval[0] > interval[1]:
+        raise PydanticCustomError("interval", "The low end is above the high end")
+    return interval
+
+
+Interval = Annotated[tuple[float, float], AfterValidator(_ordered)]
+
+
+def _iso_datetime(text: str) -> str:
+    try:
+        _dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise PydanticCustomError("datetime_format", "Input should be an ISO 8601 date and time") from None
+    return text
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+class ReportConfig(_Strict):
+    """The compress bench options of the run; only these four are read back (by the plot)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    models: list[str] = Field(min_length=1)
+    providers: list[Provider] = Field(min_length=1)
+    batch_sizes: list[Count] = Field(min_length=1)
+    threads: list[Count] = Field(min_length=1)
+
+
+class Cpu(_Strict):
+    model: str
+    architecture: str
+    logical_cores: Count
+    flags: list[str] = Field(description="Instruction-set flags that decide which kernels can run.")
+
+
+class Gpu(_Strict):
+    name: str
+    driver: str
+    memory: str = Field(description="Total memory as nvidia-smi gives it, e.g. '81559 MiB'.")
+
+
+class Software(_Strict):
+    """Versions; any further library found is listed too (e.g. numpy, torch)."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, str] = Field(init=False)
+
+    os: str
+    python: str
+    onnxruntime: str
+    onnx: str
+    compress: str
+
+
+class Machine(_Strict):
+    cpu: Cpu
+    memory_bytes: Count | None = Field(description="Physical memory; null when unknown.")
+    gpus: list[Gpu] = Field(description="Listed only when a GPU provider was measured.")
+    software: Software
+
+
+class Session(_Strict):
+    graph_optimization: Literal["disable", "basic", "extended", "all"]
+    execution_mode: Literal["sequential", "parallel"]
+    inter_op_threads: Count
+    io_binding: bool = Field(description="GPU inputs and outputs bound on the device.")
+    include_copies: bool = Field(description="GPU timings include host-device copies.")
+
+
+class Timing(_Strict):
+    warmup: int = Field(ge=0)
+    min_runs: Count
+    min_seconds: Seconds
+    rounds: Count
+    confidence: float = Field(gt=0.5, lt=1, description="Confidence level of every interval.")
+    method: str
+
+
+class ProviderResult(_Strict):
+    """One model on one execution provider: start-up, accuracy on the test split, memory."""
+
+    session_create_s: Seconds
+    first_run_s: Seconds
+    top1: Fraction
+    top5: Fraction | None = Field(description="Null when the model has at most 5 classes.")
+    test_samples: Count
+    agreement_with_baseline: Fraction | None = Field(
+        description="Share of test samples with the baseline's prediction; null when their test splits differ."
+    )
+    accuracy_delta_points: float = Field(ge=-100, le=100, description="top-1 minus the baseline's, in points.")
+    placement: dict[str, Annotated[int, Field(ge=0)]] | None = Field(
+        description="Nodes run by each onnxruntime provider; null on the CPU provider."
+    )
+    peak_memory_mb: Annotated[float, Field(ge=0)] | None = Field(
+        description="Peak RSS of a fresh process running the model (MiB); null with --no-memory."
+    )
+    process_memory_mb: Annotated[float, Field(ge=0)] | None = Field(
+        description="RSS of that process before loading the model (MiB); null with --no-memory."
+    )
+
+
+class ModelEntry(_Strict):
+    name: str = Field(min_length=1)
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: Count
+    params: Annotated[int, Field(ge=0)] | None
+    macs: Annotated[int, Field(ge=0)] | None
+    stage: str | None = Field(description="The compress stage that wrote the model; null without a manifest.")
+    baseline: bool
+    data: str = Field(description="The data spec the accuracy was measured on.")
+    providers: dict[Provider, ProviderResult] = Field(min_length=1)
+
+
+class Row(_Strict):
+    """One model x provider x threads x batch size: latency per call, in milliseconds."""
+
+    model: str
+    provider: Provider
+    threads: Count
+    batch_size: Count
+    runs: Count
+    mean_ms: Milliseconds
+    p50_ms: float = Field(gt=0)
+    p90_ms: Milliseconds
+    p99_ms: Milliseconds
+    min_ms: Milliseconds
+    max_ms: Milliseconds
+    std_ms: Milliseconds
+    cv: float = Field(ge=0, description="Coefficient of variation, std / mean.")
+    throughput: float = Field(gt=0, description="Samples per second at the median latency.")
+    p50_ci_ms: Interval = Field(description="Interval holding the median latency, low and high.")
+    speedup: Annotated[float, Field(gt=0)] | None = Field(description="Baseline p50 / this p50; null for the baseline.")
+    speedup_ci: Interval | None = Field(description="Interval of the speed-up; null for the baseline.")
+    verdict: Verdict
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Row:
+        if (self.verdict == "baseline") != (self.speedup is None) or (self.speedup is None) != (
+            self.speedup_ci is None
+        ):
+            raise PydanticCustomError(
+                "verdict", "speedup and speedup_ci are null exactly when the verdict is 'baseline'"
+            )
+        return self
+
+
+class Report(_Strict):
+    """A compress bench report (report.json)."""
+
+    model_config = ConfigDict(title="compress bench report")
+
+    format: Literal["compress-bench-report/1"]
+    created: Annotated[str, AfterValidator(_iso_datetime)] = Field(
+        json_schema_extra={"format": "date-time"}, description="When the report was made, ISO 8601."
+    )
+    config: ReportConfig
+    machine: Machine
+    session: Session
+    timing: Timing
+    baseline: str = Field(description="The name of the model the others are compared with.")
+    models: list[ModelEntry] = Field(min_length=1)
+    rows: list[Row] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references(self) -> Report:
+        """Names used elsewhere in the report are those of its models, and each is measured once."""
+
+        def problem(message: str) -> PydanticCustomError:
+            return PydanticCustomError("reference", message)  # no context: braces stay as they are
+
+        models: dict[str, ModelEntry] = {}
+        for i, m in enumerate(self.models):
+            if m.name in models:
+                raise problem(f"models[{i}].name: {m.name!r} is listed twice")
+            models[m.name] = m
+        if self.baseline not in models:
+            raise problem(f"baseline: {self.baseline!r} is not one of the models")
+        for i, m in enumerate(self.models):
+            if m.baseline != (m.name == self.baseline):
+                raise problem(
+                    f"models[{i}].baseline: should be {str(not m.baseline).lower()} (the baseline is {self.baseline!r})"
+                )
+        seen = set()
+        for i, r in enumerate(self.rows):
+            if r.model not in models:
+                raise problem(f"rows[{i}].model: {r.model!r} is not one of the models")
+            if r.provider not in models[r.model].providers:
+                raise problem(f"rows[{i}].provider: {r.provider!r} was not measured for {r.model!r}")
+            key = (r.model, r.provider, r.batch_size, r.threads)
+            if key in seen:
+                raise problem(
+                    f"rows[{i}]: a second row for {r.model!r} on {r.provider}, batch "
+                    f"{r.batch_size}, {r.threads} thread(s)"
+                )
+            seen.add(key)
+        return self
+
+
+def report_schema() -> dict[str, Any]:
+    """The JSON schema of report.json, as committed in ``report.schema.json``."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Report.model_json_schema()}
+
+
+def schema_text() -> str:
+    return json.dumps(report_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+def validate_report_json(text: str | bytes) -> Report:
+    """Parse and validate report.json's text; raises ``pydantic.ValidationError``."""
+    return Report.model_validate_json(text)
+
+
+def validate_report(report: dict[str, Any]) -> Report:
+    """Validate a report dict exactly as it would be read back from report.json."""
+    return validate_report_json(json.dumps(report))
+
+
+def error_line(error: ValidationError) -> str:
+    """The first problem, as ``field.path[0].name: message``, on one line."""
+    errors = error.errors(include_url=False)
+    first = errors[0]
+    where = _path(first["loc"])
+    line = f"{where}: {first['msg']}" if where else first["msg"]
+    if len(errors) > 1:
+        line += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return " ".join(line.split())
+
+
+def _path(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part == "[key]":
+            text += " (key)"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+if __name__ == "__main__":  # regenerate report.schema.json
+    SCHEMA_PATH.write_text(schema_text())
+    print(f"wrote {SCHEMA_PATH}")
