@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/compress run recipes/demo.toml
 
+# -n auto: one pytest worker per core (pytest-xdist); `$(BIN)/pytest -m 'not slow'` for a quick pass.
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto
 
 clean:
 	rm -rf runs/demo
