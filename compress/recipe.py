@@ -32,7 +32,7 @@ from typing import Any
 from .artifacts import manifest_path
 from .errors import CompressError
 from .stages import STAGES
-from .stages.base import StageConfig, build, settable
+from .stages.base import StageConfig, build, settable, type_word
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -107,11 +107,11 @@ def load_recipe(path: str | Path, data: str | None = None, out: str | None = Non
             raise where.error(None, key, f"unknown key {key!r}; a recipe has {', '.join(sorted(TOP_LEVEL_KEYS))}")
     for key in ("name", "out", "data"):
         if key in raw and not isinstance(raw[key], str):
-            raise where.error(None, key, f"{key} must be a string, got {_toml_type(raw[key])}")
+            raise where.error(None, key, f"{key} must be a string, got {type_word(raw[key])}")
     tables = {}
     for table in TABLES:
         if table in raw and not isinstance(raw[table], dict):
-            raise where.error(None, table, f"{table} must be a table ([{table}]), got {_toml_type(raw[table])}")
+            raise where.error(None, table, f"{table} must be a table ([{table}]), got {type_word(raw[table])}")
         if table in raw:
             tables[table] = dict(raw[table])
 
@@ -142,7 +142,7 @@ def load_recipe(path: str | Path, data: str | None = None, out: str | None = Non
                 f"{', '.join(others)} or path",
             )
         if not isinstance(teacher["path"], str):
-            raise where.error("teacher", "path", f"path must be a string, got {_toml_type(teacher['path'])}")
+            raise where.error("teacher", "path", f"path must be a string, got {type_word(teacher['path'])}")
         teacher_path = Path(_expand(teacher.pop("path"), where, "teacher", "path"))
         if teacher_path.suffix not in TEACHER_SUFFIXES:
             raise where.error(
@@ -192,17 +192,6 @@ def _check_table(table: str, settings: dict[str, Any], where: _Locator) -> None:
             raise where.error(table, key, f"unknown key {key!r} in [{table}]; valid keys: {valid}")
         if isinstance(value, str):
             settings[key] = _expand(value, where, table, key)
-
-
-def _toml_type(value: Any) -> str:
-    return {
-        bool: "a boolean",
-        int: "a whole number",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
 
 
 def _expand(value: str, where: _Locator, table: str | None, key: str) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ..errors import CompressError
 
@@ -64,6 +64,22 @@ class Stage:
     writes: tuple[str, ...] = ("out",)  # fields naming what it writes
     resumable: bool = False  # continues from its last finished epoch with ``resume``
     shortcuts: tuple[Shortcut, ...] = ()
+
+
+def output_suffix(suffix: str) -> Any:
+    """A validator of ``out``: the file written must end in ``suffix`` (.pt, .onnx)."""
+
+    def check(cls: type, out: str) -> str:
+        if not out.endswith(suffix):
+            raise ValueError(f"`out` must end in {suffix}, got {out!r}")
+        return out
+
+    return field_validator("out")(check)
+
+
+def type_word(value: Any) -> str:
+    """``3`` -> ``a whole number``: what a value is, in a message."""
+    return _TYPE_WORDS.get(type(value), type(value).__name__)
 
 
 def cli_of(config: type[StageConfig], name: str) -> Cli:
@@ -153,7 +169,7 @@ def describe(error: dict[str, Any], config: type[StageConfig], name_of: Callable
     wanted = _KINDS.get(kind) or error["msg"].removeprefix("Input should be ")
     wanted = wanted.replace("greater than or equal to", "at least").replace("less than or equal to", "at most")
     if kind in _KINDS and kind != "finite_number":
-        return f"{name} must be {wanted}, got {_TYPE_WORDS.get(type(value), type(value).__name__)} {value!r}"
+        return f"{name} must be {wanted}, got {type_word(value)} {value!r}"
     meaning = config.model_fields[field].description if field in config.model_fields else None
     return f"{name} must be {wanted}, got {value!r}" + (f" ({_phrase(meaning)})" if meaning else "")
 

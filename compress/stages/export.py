@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ..artifacts import (
     current_umask,
@@ -28,7 +28,7 @@ from ..artifacts import (
 from ..data import load_dataset_for
 from ..errors import CompressError, first_line, foreign_errors
 from ..onnx_io import OnnxClassifier, max_runtime_opset, model_info, open_session, quiet
-from .base import Cli, Stage, StageConfig
+from .base import Cli, Stage, StageConfig, output_suffix
 from .train import DATA_HELP
 
 if TYPE_CHECKING:
@@ -80,12 +80,7 @@ class ExportConfig(StageConfig):
     num_heads: int = Field(0, ge=0, description="Attention heads, for --transformer (0: detect).")
     hidden_size: int = Field(0, ge=0, description="Hidden size, for --transformer (0: detect).")
 
-    @field_validator("out")
-    @classmethod
-    def _onnx_out(cls, out: str) -> str:
-        if not out.endswith(".onnx"):
-            raise ValueError(f"`out` must end in .onnx, got {out!r}")
-        return out
+    _out = output_suffix(".onnx")
 
 
 def choose_opset(requested: int | None, exporter: str) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from ..artifacts import atomic_path, input_record, new_manifest, read_manifest, sha256_file, staging_dir, write_manifest
 from ..data import Dataset, load_dataset_for
@@ -29,7 +29,7 @@ from ..errors import CompressError, first_line
 from ..hardware import CpuInfo, cpu_info
 from ..measure.latency import compare
 from ..onnx_io import OnnxClassifier, load_model, model_info, open_session, quiet
-from .base import Cli, Stage, StageConfig
+from .base import Cli, Stage, StageConfig, output_suffix
 from .train import DATA_HELP
 
 # The ops whose int8 kernels make the speed; a node of these types is what the accuracy loop keeps in float.
@@ -90,12 +90,7 @@ class QuantizeConfig(StageConfig):
     threads: int | None = Field(None, ge=1, description="Intra-op threads of the timing (default: onnxruntime's).")
     seed: int = Field(0, description="Which training samples calibrate.")
 
-    @field_validator("out")
-    @classmethod
-    def _onnx_out(cls, out: str) -> str:
-        if not out.endswith(".onnx"):
-            raise ValueError(f"`out` must end in .onnx, got {out!r}")
-        return out
+    _out = output_suffix(".onnx")
 
     @model_validator(mode="after")
     def _keeps_the_input(self) -> QuantizeConfig:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from .base import Cli, Stage, StageConfig
+from .base import Cli, Stage, StageConfig, output_suffix
 
 DATA_HELP = (
     "digits (built in), mnist:DIR, fashion-mnist:DIR, npz:FILE (x_train, y_train, x_test, "
@@ -55,12 +55,7 @@ class TrainConfig(StageConfig):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="cuda trains with bf16 autocast.")
     resume: bool = Field(False, description="Continue an interrupted run of the same --out.")
 
-    @field_validator("out")
-    @classmethod
-    def _checkpoint_out(cls, out: str) -> str:
-        if not out.endswith(".pt"):
-            raise ValueError(f"`out` must name a .pt file, got {out!r}")
-        return out
+    _out = output_suffix(".pt")
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
