@@ -100,7 +100,10 @@ def stage_command(stage: Stage) -> click.Command:
 def _parsed(config: type, name: str, value: Any) -> Any:
     spec = cli_of(config, name)
     if spec.parse is not None:
-        return spec.parse(value)
+        try:
+            return spec.parse(value)
+        except ValueError as exc:
+            raise CompressError(f"{flag_of(config, name)} must be {exc}") from None
     if isinstance(value, tuple):
         return list(value)
     return value

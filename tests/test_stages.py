@@ -58,3 +58,25 @@ def test_the_command_line_is_built_without_loading_pytorch_or_onnxruntime():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["bench", "m.onnx", "--report", "r", "--batch-sizes", "1,x"], "--batch-sizes must be a comma-separated list"),
+        (["bench", "m.onnx", "--report", "r", "--batch-sizes", ""], "--batch-sizes must have at least 1 item(s)"),
+        (["bench", "m.onnx", "--report", "r", "--confidence", "0.3"], "--confidence must be greater than 0.5"),
+        (["quantize", "m.onnx", "--out", "m.onnx"], "--out must differ from the input model"),
+        (["prune", "s.pt", "--out", "p.pt"], "give exactly one of --amount, --target-macs, --target-params"),
+        (["export", "s.pt", "--out", "s.pt"], "--out must end in .onnx, got 's.pt'"),
+        (["train", "--out", "t.pt", "--model-arg", "hidden"], "is not KEY=VALUE"),
+    ],
+)
+def test_a_bad_option_is_one_line_naming_the_flag(tmp_path, monkeypatch, capsys, args, message):
+    from test_cli import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run_cli(capsys, *args)
+    assert status == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    assert message in err, err
+    assert list(tmp_path.iterdir()) == []

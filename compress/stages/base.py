@@ -166,6 +166,8 @@ def describe(error: dict[str, Any], config: type[StageConfig], name_of: Callable
         text = re.sub(r"^(Value|Assertion) error, ", "", error["msg"])
         text = re.sub(r"`([a-z_]+)`", lambda m: name_of(m.group(1)), text)
         return text if not field or name in text else f"{name}: {text}"
+    if kind == "too_short":
+        return f"{name} must have at least {error['ctx']['min_length']} item(s), got {value!r}"
     wanted = _KINDS.get(kind) or error["msg"].removeprefix("Input should be ")
     wanted = wanted.replace("greater than or equal to", "at least").replace("less than or equal to", "at most")
     if kind in _KINDS and kind != "finite_number":

@@ -38,14 +38,10 @@ def _comma_list(item: type) -> Callable[[str], list]:
 
     def parse(text: str) -> list:
         try:
-            values = [item(v.strip()) for v in text.split(",") if v.strip()]
+            return [item(v.strip()) for v in text.split(",") if v.strip()]
         except ValueError:
-            raise CompressError(
-                f"{text!r} is not a comma-separated list of {'whole numbers, e.g. 1,64' if item is int else 'names'}"
-            ) from None
-        if not values:
-            raise CompressError("an empty list was given; give e.g. 1,64")
-        return values
+            kind = "whole numbers, e.g. 1,64" if item is int else "names"
+            raise ValueError(f"a comma-separated list of {kind}, got {text!r}") from None
 
     return parse
 
