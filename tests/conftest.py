@@ -1,7 +1,16 @@
 """Helpers shared by the test modules."""
 
+import os
+
 import numpy as np
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one worker per core (make test: pytest -n auto): a worker that also spread PyTorch's
+    # kernels over every core would fight the others for them
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
