@@ -41,7 +41,7 @@ def _option(config: type, name: str) -> click.Parameter:
         many = typing.get_origin(annotation) is list
         return click.Argument([name], nargs=-1 if many else 1, required=False, metavar=name.upper())
     flags = list(spec.flags) or [flag_of(config, name)]
-    common = {"help": field.description, "metavar": spec.metavar, "expose_value": True}
+    common = {"help": field.description, "metavar": spec.metavar}
     if annotation is bool:
         flag = flags[0]
         if default:

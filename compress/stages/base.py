@@ -25,7 +25,7 @@ from ..errors import CompressError
 class StageConfig(BaseModel):
     """Settings of a stage: unknown keys, wrong types and non-finite numbers are refused."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, validate_default=False)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)
