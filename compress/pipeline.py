@@ -191,7 +191,7 @@ def decide(step: Step, record: dict | None, forced: bool, rebuilt: set[Path], ha
     )
     if forced:
         return Decision(step, True, "forced (--force)")
-    pending = [p.name for p in step.inputs.values() if p in rebuilt]
+    pending = list(dict.fromkeys(p.name for p in step.inputs.values() if p in rebuilt))
     if pending:
         return Decision(step, True, f"{', '.join(pending)} {'is' if len(pending) == 1 else 'are'} made first")
     if record is None:

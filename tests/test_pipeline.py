@@ -295,3 +295,10 @@ def test_one_run_at_a_time_per_folder_and_a_killed_runs_lock_is_let_go(in_tmp, c
         holder.wait()
     status, _, err = run_cli(capsys, "run", str(write_recipe(in_tmp)))
     assert status == 0, err
+
+
+def test_the_plan_of_a_new_folder_names_each_file_made_first_once(in_tmp, capsys):
+    status, out, err = run_cli(capsys, "run", "--dry-run", str(write_recipe(in_tmp)))
+    assert status == 0, err
+    assert "bench           runs: teacher.onnx, student.onnx, student.int8.onnx are made first" in out
+    assert not (in_tmp / "runs").exists()
