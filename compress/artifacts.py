@@ -25,7 +25,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from .errors import CompressError, foreign_errors
-from .manifest import MANIFEST_FORMAT, future_format, manifest_problem, to_dict, validate
+from .manifest import MANIFEST_FORMAT, future_format, to_dict, validate
+from .typed_files import problem_line
 
 CHECKPOINT_FORMAT = "compress-checkpoint/1"
 
@@ -135,7 +136,7 @@ def read_manifest(artifact: str | Path, required: bool = False) -> dict[str, Any
         return to_dict(validate(data))
     except ValidationError as exc:
         raise CompressError(
-            f"manifest {path}: {manifest_problem(exc)}; re-create the artifact or restore its manifest"
+            f"manifest {path}: {problem_line(exc)}; re-create the artifact or restore its manifest"
         ) from None
 
 
@@ -167,7 +168,7 @@ def _manifest_text(artifact: str | Path, manifest: dict[str, Any]) -> str:
         validate(json.loads(text))
     except ValidationError as exc:
         raise RuntimeError(
-            f"compress made an invalid manifest for {artifact} ({manifest_problem(exc)}); this is a bug in compress"
+            f"compress made an invalid manifest for {artifact} ({problem_line(exc)}); this is a bug in compress"
         ) from exc
     return text
 

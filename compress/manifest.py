@@ -3,7 +3,7 @@
 ``X.pt.json`` / ``X.onnx.json`` says what made ``X``, from what, how to feed it and what has
 been measured of it. :class:`Manifest` is that record's schema (format ``compress-manifest/1``):
 every manifest is checked against it when it is written (a failure is a bug in compress) and
-when it is read (a failure is a damaged or hand-edited file: :func:`manifest_problem` says
+when it is read (a failure is a damaged or hand-edited file: :func:`typed_files.problem_line` says
 where, on one line). The JSON shape is the one compress has always written, so existing
 artifacts stay readable; readers keep getting plain dicts (``artifacts.read_manifest``).
 
@@ -14,11 +14,12 @@ parity, quantization, pruning) type the figures they share and let the rest thro
 
 from __future__ import annotations
 
-import datetime as _dt
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .typed_files import IsoDatetime
 
 MANIFEST_FORMAT = "compress-manifest/1"
 MANIFEST_VERSION = 1
@@ -30,14 +31,6 @@ Count = Annotated[int, Field(ge=0)]
 Dim = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 Seconds = Annotated[float, Field(ge=0)]
-
-
-def _iso_datetime(value: str) -> str:
-    try:
-        _dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError("Input should be an ISO 8601 date and time") from None
-    return value
 
 
 class _Record(BaseModel):
@@ -194,7 +187,7 @@ class Manifest(_Record):
     format: Literal["compress-manifest/1"]
     artifact: str = Field(min_length=1)
     stage: Stage
-    created: Annotated[str, AfterValidator(_iso_datetime)]
+    created: IsoDatetime
     versions: dict[str, str]
     config: dict[str, Any]
     inputs: list[InputRecord]
@@ -229,23 +222,3 @@ def validate(data: Any) -> Manifest:
 def to_dict(manifest: Manifest) -> dict[str, Any]:
     """The plain JSON-able dict of a validated manifest, with exactly the keys it was given."""
     return manifest.model_dump(mode="json", exclude_unset=True)
-
-
-def manifest_problem(exc: ValidationError) -> str:
-    """The first thing wrong, as ``field.path: message``, on one line (``and N more`` if more)."""
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    where = _loc(first["loc"]) or "(top level)"
-    if first["type"] in ("model_type", "dict_type"):
-        message = "Input should be a JSON object"
-    else:
-        message = " ".join(str(first["msg"]).split()).removeprefix("Value error, ")
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return f"{where}: {message}{more}"
-
-
-def _loc(loc: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text

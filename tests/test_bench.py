@@ -268,7 +268,7 @@ def _edit(field_path, value):
             _edit(("models", 0, "providers", "cpu", "top1"), 98.6),
             "models[0].providers.cpu.top1: Input should be less than or equal to 1",
         ),
-        (_edit(("machine",), "a laptop"), "machine: Input should be an object"),
+        (_edit(("machine",), "a laptop"), "machine: Input should be a JSON object"),
         (_edit(("timing", "surprise"), 1), "timing.surprise: Extra inputs are not permitted"),
         (_edit(("rows",), []), "rows: List should have at least 1 item"),
     ],

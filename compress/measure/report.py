@@ -18,7 +18,8 @@ from pydantic import ValidationError
 
 from ..artifacts import current_umask, staging_dir
 from ..errors import CompressError
-from .report_model import FORMAT, error_line, validate_report_json
+from ..typed_files import problem_line
+from .report_model import FORMAT, validate_report_json
 
 PLOT = "plot.png"
 
@@ -34,7 +35,7 @@ def write_report(report: dict[str, Any], folder: str | Path) -> list[Path]:
     except ValidationError as exc:
         raise ValueError(
             f"compress made a bench report that does not match its format {FORMAT} "
-            f"({error_line(exc)}); this is a bug in compress"
+            f"({problem_line(exc)}); this is a bug in compress"
         ) from exc
     with staging_dir(folder) as staging:
         (staging / "report.json").write_text(text)
@@ -320,7 +321,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
     try:
         validate_report_json(text)
     except ValidationError as exc:
-        raise CompressError(f"report {path}: {error_line(exc)}") from None
+        raise CompressError(f"report {path}: {problem_line(exc)}") from None
     return report
 
 

@@ -12,13 +12,14 @@ report's format) and ``machine.software`` (one entry per library version found).
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
+
+from ..typed_files import IsoDatetime
 
 FORMAT = "compress-bench-report/1"
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
@@ -39,14 +40,6 @@ def _ordered(interval: tuple[float, float]) -> tuple[float, float]:
 
 
 Interval = Annotated[tuple[float, float], AfterValidator(_ordered)]
-
-
-def _iso_datetime(text: str) -> str:
-    try:
-        _dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise PydanticCustomError("datetime_format", "Input should be an ISO 8601 date and time") from None
-    return text
 
 
 class _Strict(BaseModel):
@@ -189,7 +182,7 @@ class Report(_Strict):
     model_config = ConfigDict(title="compress bench report")
 
     format: Literal["compress-bench-report/1"]
-    created: Annotated[str, AfterValidator(_iso_datetime)] = Field(
+    created: IsoDatetime = Field(
         json_schema_extra={"format": "date-time"}, description="When the report was made, ISO 8601."
     )
     config: ReportConfig
@@ -252,29 +245,6 @@ def validate_report_json(text: str | bytes) -> Report:
 def validate_report(report: dict[str, Any]) -> Report:
     """Validate a report dict exactly as it would be read back from report.json."""
     return validate_report_json(json.dumps(report))
-
-
-def error_line(error: ValidationError) -> str:
-    """The first problem, as ``field.path[0].name: message``, on one line."""
-    errors = error.errors(include_url=False)
-    first = errors[0]
-    where = _path(first["loc"])
-    line = f"{where}: {first['msg']}" if where else first["msg"]
-    if len(errors) > 1:
-        line += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return " ".join(line.split())
-
-
-def _path(loc: tuple) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif part == "[key]":
-            text += " (key)"
-        else:
-            text += f".{part}" if text else str(part)
-    return text
 
 
 if __name__ == "__main__":  # regenerate report.schema.json
