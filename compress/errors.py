@@ -25,13 +25,14 @@ def first_line(exc: BaseException, limit: int = 200, typed: bool = False) -> str
 
 
 @contextlib.contextmanager
-def foreign_errors(what: str, advice: str, limit: int = 200) -> Iterator[None]:
+def foreign_errors(what: str, advice: str, limit: int = 200, typed: bool = False) -> Iterator[None]:
     """Any exception but a ``CompressError`` raised inside becomes one:
     ``{what} ({its first line}); {advice}``. For calls into libraries that fail in many ways
-    on input they cannot handle (torch.load, the exporters, onnxruntime, Torch-Pruning)."""
+    on input they cannot handle (torch.load, the exporters, onnxruntime, Torch-Pruning), or for
+    the user's own code (``typed``: the exception's type is named too)."""
     try:
         yield
     except CompressError:
         raise
     except Exception as exc:
-        raise CompressError(f"{what} ({first_line(exc, limit)}); {advice}") from None
+        raise CompressError(f"{what} ({first_line(exc, limit, typed)}); {advice}") from None

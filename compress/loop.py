@@ -19,7 +19,7 @@ import torch
 from .artifacts import atomic_path, input_record, new_manifest, save_checkpoint
 from .data import Dataset
 from .distillation.losses import hard_label_ce
-from .errors import CompressError
+from .errors import CompressError, foreign_errors
 from .modelspec import canonical_spec, count_macs, count_params
 from .progress import step_bar
 
@@ -208,12 +208,9 @@ class Fit:
         path = resume_path(self.config.out)
         if not path.exists():
             raise CompressError(f"nothing to resume: {path} does not exist; run without --resume")
-        try:
+        # torch raises several types for a damaged file
+        with foreign_errors(f"resume state {path} is unreadable", "delete it and run without --resume"):
             state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as exc:  # torch raises several types for a damaged file
-            raise CompressError(
-                f"resume state {path} is unreadable ({type(exc).__name__}); delete it and run without --resume"
-            ) from None
         if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
             raise CompressError(f"{path} is not a compress resume state; delete it and run without --resume")
         saved, now = state["config"], self._config_dict()

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CompressError, first_line
+from .errors import CompressError, first_line, foreign_errors
 from .models import ZOO
 
 ZOO_HELP = (
@@ -128,13 +128,12 @@ def _load_file(path: Path) -> ModuleType:
 
 
 def _load_module(name: str) -> ModuleType:
-    try:
+    with foreign_errors(
+        f"module '{name}' failed to import",
+        "install it or put it on PYTHONPATH, or use the form path/to/file.py:factory",
+        typed=True,
+    ):
         return importlib.import_module(name)
-    except Exception as exc:
-        raise CompressError(
-            f"module '{name}' failed to import ({first_line(exc, typed=True)}); install it "
-            "or put it on PYTHONPATH, or use the form path/to/file.py:factory"
-        ) from exc
 
 
 def build_model(
@@ -144,16 +143,12 @@ def build_model(
     factory = resolve_factory(spec)
     in_shape, args = tuple(in_shape), dict(model_args or {})
     _check_args(spec, factory, args)
-    try:
+    with foreign_errors(
+        f"model '{spec}' could not be built for input shape {in_shape} and {num_classes} classes with {args}",
+        "check the model arguments",
+        typed=True,
+    ):
         model = factory(in_shape, num_classes, **args)
-    except CompressError:
-        raise
-    except Exception as exc:
-        raise CompressError(
-            f"model '{spec}' could not be built for input shape {in_shape} and "
-            f"{num_classes} classes with {args} ({first_line(exc, typed=True)}); "
-            "check the model arguments"
-        ) from exc
     if not isinstance(model, nn.Module):
         raise CompressError(
             f"model '{spec}' returned a {type(model).__name__}, not a "
