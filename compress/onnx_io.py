@@ -13,13 +13,14 @@ import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from .errors import CompressError, foreign_errors
 
-OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+# ONNX Runtime graph optimisation levels (bench times at any; export saves a graph optimised at one)
+OptimizationLevel = Literal["disable", "basic", "extended", "all"]
 
 
 @contextlib.contextmanager
@@ -109,7 +110,7 @@ def default_opset(model) -> int | None:
 
 def session_options(
     threads: int | None = None,
-    optimization: str = "all",
+    optimization: OptimizationLevel = "all",
     optimized_model_path: str | Path | None = None,
     external_initializers: str | None = None,
 ):

@@ -6,7 +6,7 @@ import hashlib
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -56,7 +56,8 @@ class Dataset:
 
 
 # How to normalise data for a model whose manifest does not say (see ``load_dataset``).
-PREPROCESSING_CHOICES = ("fit", "scale", "raw")
+# how inputs of a model without a manifest were normalised (see load_dataset_for)
+PreprocessingChoice = Literal["fit", "scale", "raw"]
 
 
 def load_dataset(
@@ -86,7 +87,9 @@ def load_dataset(
     elif isinstance(preprocessing, Preprocessing):
         preprocessing.check_input(in_shape)
     else:
-        raise CompressError(f"unknown preprocessing {preprocessing!r}; use one of {', '.join(PREPROCESSING_CHOICES)}")
+        raise CompressError(
+            f"unknown preprocessing {preprocessing!r}; use one of {', '.join(get_args(PreprocessingChoice))}"
+        )
     return Dataset(
         spec=spec,
         name=raw.name,

@@ -18,16 +18,12 @@ from ..onnx_io import OnnxClassifier, open_session
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
-def resolve_providers(names: list[str]) -> list[str]:
-    """``cpu,cuda`` -> ONNX Runtime provider names; unknown or unavailable ones are an error."""
+def check_available(providers: list[str]) -> None:
+    """A provider this onnxruntime build lacks is an error (the names are checked by BenchConfig)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    resolved = []
-    for name in names:
-        key = name.strip().lower()
-        if key not in PROVIDERS:
-            raise CompressError(f"unknown provider {name!r}; use one of {', '.join(PROVIDERS)}")
+    for key in providers:
         if PROVIDERS[key] not in available:
             have = ", ".join(k for k, v in PROVIDERS.items() if v in available)
             raise CompressError(
@@ -35,8 +31,6 @@ def resolve_providers(names: list[str]) -> list[str]:
                 f"onnxruntime build (available: {have}); install onnxruntime-gpu "
                 "for cuda/tensorrt, or drop it from --providers"
             )
-        resolved.append(key)
-    return resolved
 
 
 def provider_chain(provider: str) -> list[str]:

@@ -17,14 +17,14 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from ..artifacts import read_manifest, sha256_file
-from ..data import Dataset, load_dataset_for
+from ..data import Dataset, PreprocessingChoice, load_dataset_for
 from ..errors import CompressError
 from ..hardware import machine_info
 from ..measure.latency import LatencyStats, compare, time_calls
 from ..measure.report import write_report
-from ..measure.runner import first_run_s, load, make_call, node_placement, peak_memory_mb, resolve_providers
+from ..measure.runner import PROVIDERS, check_available, first_run_s, load, make_call, node_placement, peak_memory_mb
 from ..measure.stats import median_ci, speedup_ci, verdict
-from ..onnx_io import load_model, model_info
+from ..onnx_io import OptimizationLevel, load_model, model_info
 from .base import Cli, Shortcut, Stage, StageConfig
 from .train import DATA_HELP
 
@@ -51,10 +51,10 @@ class BenchConfig(StageConfig):
     report: str = Field(description="Folder for report.json, report.md, report.html and plot.png.")
     baseline: str | None = Field(None, description="The model the others are compared with (default: the first).")
     data: str | None = Field(None, description=f"Test data (default: each model's manifest data): {DATA_HELP}.")
-    preprocessing: Literal["fit", "scale", "raw"] | None = Field(
+    preprocessing: PreprocessingChoice | None = Field(
         None, description="For models without a manifest: how their inputs were normalised."
     )
-    providers: Annotated[list[Literal["cpu", "cuda", "tensorrt"]], Cli(parse=_comma_list(str))] = Field(
+    providers: Annotated[list[Literal[tuple(PROVIDERS)]], Cli(parse=_comma_list(str))] = Field(
         default_factory=lambda: ["cpu"],
         min_length=1,
         description="Execution providers, comma-separated: cpu, cuda, tensorrt.",
@@ -68,9 +68,7 @@ class BenchConfig(StageConfig):
     warmup: int = Field(10, ge=0, description="Untimed runs first.")
     min_runs: int = Field(50, ge=1, description="Timed runs per model and configuration, at least.")
     min_time: float = Field(1.0, ge=0, description="Seconds of timed runs per model and configuration, at least.")
-    optimization: Literal["disable", "basic", "extended", "all"] = Field(
-        "all", description="ONNX Runtime graph optimisation."
-    )
+    optimization: OptimizationLevel = Field("all", description="ONNX Runtime graph optimisation.")
     include_copies: bool = Field(
         False, description="GPU: time host-to-device and back copies too (default: IOBinding keeps data on the device)."
     )
@@ -114,7 +112,8 @@ def bench(config: BenchConfig) -> dict[str, Any]:
 
 def measure(config: BenchConfig) -> dict[str, Any]:
     """Measure every model; the report as a dict."""
-    providers = resolve_providers(config.providers)
+    check_available(config.providers)
+    providers = config.providers
     paths = [Path(m) for m in config.models]
     baseline = Path(config.baseline) if config.baseline else paths[0]
     models = {}

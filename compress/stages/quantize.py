@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ..artifacts import atomic_path, input_record, new_manifest, read_manifest, sha256_file, staging_dir, write_manifest
-from ..data import Dataset, load_dataset_for
+from ..data import Dataset, PreprocessingChoice, load_dataset_for
 from ..errors import CompressError, first_line
 from ..hardware import CpuInfo, cpu_info
 from ..measure.latency import compare
@@ -48,7 +48,7 @@ class QuantizeConfig(StageConfig):
     data: str | None = Field(
         None, description=f"Calibration and validation data (default: the data in the model's manifest): {DATA_HELP}."
     )
-    preprocessing: Literal["fit", "scale", "raw"] | None = Field(
+    preprocessing: PreprocessingChoice | None = Field(
         None,
         description="For a model without a manifest: how its inputs were normalised (fit: mean/std of the "
         "training split, as compress train does; scale: pixels to [0, 1]; raw).",
