@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import math
+import warnings
+import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image
 
-from ..errors import CompressError
+from ..errors import CompressError, first_line
+from ..hardware import memory_bytes
 
 DATA_SOURCES_HELP = (
     "Data sources: 'digits' (scikit-learn's bundled 8x8 digits, no download); "
@@ -42,6 +47,15 @@ _IDX_FILES = {"train": ("train-images", "train-labels"), "test": ("t10k-images",
 _IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
+# Limits on what a source declares (header sizes, label values), checked before allocating anything that size.
+MAX_CLASSES = 100_000  # far above real label spaces (ImageNet-21k has ~22k): a larger label is corrupt
+MAX_IMAGE_PIXELS = 8192 * 8192  # the largest image decoded; below Pillow's decompression-bomb warning
+# Raw arrays may take this part of physical memory: loading copies them and converts them to float32 (4x for uint8).
+DATA_MEMORY_FRACTION = 1 / 8
+ASSUMED_MEMORY = 8 << 30  # physical memory assumed where the platform does not report it
+_DOWNSCALE = "downscale the images (e.g. to the model's input size) first"
+_READ_CHUNK = 1 << 20  # a header promising more than a file holds costs at most this much extra
+
 
 @dataclass
 class RawData:
@@ -59,6 +73,31 @@ class RawData:
     @property
     def layout(self) -> str:
         return "NF" if self.x_train.ndim == 2 else "NCHW"
+
+
+class _MemoryBudget:
+    """What the arrays of one source may take: each is claimed, from the size its header declares, before it is read."""
+
+    def __init__(self) -> None:
+        self.total = int((memory_bytes() or ASSUMED_MEMORY) * DATA_MEMORY_FRACTION)
+        self.left = self.total
+
+    def claim(self, path: Path, what: str, nbytes: int) -> None:
+        if nbytes > self.left:
+            raise CompressError(
+                f"{path}: {what} would take {_size(nbytes)} of memory, over the {_size(self.left)} left of "
+                f"the {_size(self.total)} a data source may use ({DATA_MEMORY_FRACTION:.1%} of this "
+                "machine's memory); use a smaller data set or a machine with more memory"
+            )
+        self.left -= nbytes
+
+
+def _size(nbytes: int) -> str:
+    """``nbytes`` in a readable unit, e.g. ``1.5 GiB``."""
+    if nbytes < 1024:
+        return f"{nbytes} bytes"
+    power = min((nbytes.bit_length() - 1) // 10, 4)
+    return f"{nbytes / 1024**power:.1f} {('KiB', 'MiB', 'GiB', 'TiB')[power - 1]}"
 
 
 def read_source(spec: str) -> RawData:
@@ -108,11 +147,12 @@ def _read_idx_dir(name: str, directory: Path) -> RawData:
     _require_dir(directory, name, "the four IDX files (train-images-idx3-ubyte, ...)")
     splits = {}
     files = []
+    budget = _MemoryBudget()
     for split, (images_stem, labels_stem) in _IDX_FILES.items():
         images_path = _find_idx(directory, images_stem, "idx3-ubyte")
         labels_path = _find_idx(directory, labels_stem, "idx1-ubyte")
-        images = _read_idx(images_path, "images")
-        labels = _read_idx(labels_path, "labels")
+        images = _read_idx(images_path, "images", budget)
+        labels = _read_idx(labels_path, "labels", budget)
         if len(images) != len(labels):
             raise CompressError(
                 f"{images_path.name} has {len(images)} images but "
@@ -143,43 +183,55 @@ def _find_idx(directory: Path, stem: str, kind: str) -> Path:
     )
 
 
-def _read_idx(path: Path, kind: str) -> np.ndarray:
-    """Parse an IDX file of unsigned bytes: big-endian magic, dimensions, then the data."""
-    data = _read_bytes(path)
-    magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
-    if magic != _IDX_MAGIC[kind]:
-        found = "none, file too short" if magic is None else f"0x{magic:08x}"
-        raise CompressError(
-            f"{path} is not an IDX {kind[:-1]} file (magic number {found}, "
-            f"expected 0x{_IDX_MAGIC[kind]:08x}); point the data path at the "
-            "original MNIST-format files"
-        )
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise CompressError(f"{path} is truncated inside its header; re-download it")
-    dims = [int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4)]
-    expected = int(np.prod(dims))
-    if len(data) - header < expected:
+def _read_idx(path: Path, kind: str, budget: _MemoryBudget) -> np.ndarray:
+    """Parse an IDX file of unsigned bytes: big-endian magic, dimensions, then the data.
+
+    The data the header declares is claimed from ``budget`` and then read in chunks, so a header
+    promising more than the file holds is refused without allocating what it promises.
+    """
+    with _idx_errors(path), gzip.open(path) if path.suffix == ".gz" else open(path, "rb") as f:
+        head = f.read(4)
+        magic = int.from_bytes(head, "big") if len(head) == 4 else None
+        if magic != _IDX_MAGIC[kind]:
+            found = "none, file too short" if magic is None else f"0x{magic:08x}"
+            raise CompressError(
+                f"{path} is not an IDX {kind[:-1]} file (magic number {found}, "
+                f"expected 0x{_IDX_MAGIC[kind]:08x}); point the data path at the "
+                "original MNIST-format files"
+            )
+        ndim = magic & 0xFF
+        dims_bytes = f.read(4 * ndim)
+        if len(dims_bytes) < 4 * ndim:
+            raise CompressError(f"{path} is truncated inside its header; re-download it")
+        dims = [int(d) for d in np.frombuffer(dims_bytes, dtype=">u4")]
+        expected = math.prod(dims)
+        budget.claim(path, f"{kind} of shape {tuple(dims)}", expected)
+        data = _read_at_most(f, expected)
+    if len(data) < expected:
         raise CompressError(
             f"{path} is truncated: its header promises {expected} bytes of data "
-            f"but only {len(data) - header} follow; re-download it"
+            f"but only {len(data)} follow; re-download it"
         )
-    return np.frombuffer(data, dtype=np.uint8, count=expected, offset=header).reshape(dims)
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped when it ends in ``.gz``."""
+def _read_at_most(f: IO[bytes], n: int) -> bytes:
+    """Up to ``n`` bytes of ``f``, in chunks: what is allocated grows with what the file really holds."""
+    chunks = []
+    while n > 0 and (chunk := f.read(min(n, _READ_CHUNK))):
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def _idx_errors(path: Path) -> Iterator[None]:
     try:
-        data = path.read_bytes()
+        yield
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise CompressError(f"{path} is not a valid gzip file ({e}); re-download it or store it uncompressed") from None
     except OSError as e:
         raise CompressError(f"cannot read {path} ({e.strerror}); check that it is a readable file") from None
-    if path.suffix != ".gz":
-        return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as e:
-        raise CompressError(f"{path} is not a valid gzip file ({e}); re-download it or store it uncompressed") from None
 
 
 # --- npz ------------------------------------------------------------------------------------
@@ -201,6 +253,11 @@ def _read_npz(name: str, path: Path) -> RawData:
             f"samples have {x_test.shape[1:]}; they must match"
         )
     if "labels" in arrays:
+        if arrays["labels"].size > MAX_CLASSES:
+            raise CompressError(
+                f"{path}: labels names {arrays['labels'].size} classes, more than the {MAX_CLASSES} "
+                "compress supports; give one name per class"
+            )
         labels = [str(v) for v in arrays["labels"].reshape(-1).tolist()]
     else:
         top = max((int(y.max()) for y in (y_train, y_test) if len(y)), default=-1)
@@ -210,34 +267,75 @@ def _read_npz(name: str, path: Path) -> RawData:
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    """All arrays of an .npz archive, loaded eagerly without pickle."""
+    """The arrays compress uses from an .npz archive, loaded without pickle.
+
+    Each member's .npy header is read first: what it declares must fit in the member and in a
+    :class:`_MemoryBudget` before the array is allocated, so a small archive cannot expand to gigabytes.
+    """
     if not path.is_file():
         raise CompressError(
             f"npz file {path} does not exist; expected an .npz with arrays "
             f"{', '.join(_NPZ_KEYS)} (and optionally labels)"
         )
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise CompressError(
-                f"{path} holds a single array, not an .npz archive; save it "
-                f"with numpy.savez(file, {'=..., '.join(_NPZ_KEYS)}=...)"
-            )
-        with loaded as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zlib.error) as e:
+        with open(path, "rb") as f:
+            if f.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX:
+                raise CompressError(
+                    f"{path} holds a single array, not an .npz archive; save it "
+                    f"with numpy.savez(file, {'=..., '.join(_NPZ_KEYS)}=...)"
+                )
+        with zipfile.ZipFile(path) as archive:
+            # numpy.savez names members KEY.npy; numpy.load also accepts a bare KEY
+            members = {name.removesuffix(".npy"): archive.getinfo(name) for name in archive.namelist()}
+            missing = [key for key in _NPZ_KEYS if key not in members]
+            if missing:
+                raise CompressError(
+                    f"{path} lacks {', '.join(missing)} (it has "
+                    f"{', '.join(members) or 'no arrays'}); it needs "
+                    f"{', '.join(_NPZ_KEYS)} and optionally labels"
+                )
+            wanted = [key for key in (*_NPZ_KEYS, "labels") if key in members]
+            budget = _MemoryBudget()
+            for key in wanted:
+                _check_npy_header(archive, members[key], key, path, budget)
+            arrays = {}
+            for key in wanted:
+                with archive.open(members[key]) as member:
+                    arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile, RuntimeError, NotImplementedError) as e:
         raise CompressError(
-            f"cannot read {path} as an .npz archive ({e}); save it with "
+            f"cannot read {path} as an .npz archive ({first_line(e)}); save it with "
             "numpy.savez using plain numeric and string arrays"
         ) from None
-    missing = [key for key in _NPZ_KEYS if key not in arrays]
-    if missing:
-        raise CompressError(
-            f"{path} lacks {', '.join(missing)} (it has "
-            f"{', '.join(arrays) or 'no arrays'}); it needs "
-            f"{', '.join(_NPZ_KEYS)} and optionally labels"
-        )
     return arrays
+
+
+def _check_npy_header(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, path: Path, budget: _MemoryBudget
+) -> None:
+    """Refuse a member whose .npy header declares more data than the member holds or than ``budget`` allows."""
+    with archive.open(info) as member:
+        try:
+            version = np.lib.format.read_magic(member)
+        except ValueError:
+            raise CompressError(
+                f"{path}: {info.filename} is not a NumPy array; save the archive with numpy.savez"
+            ) from None
+        # format 3.0 differs from 2.0 only in the header's text encoding
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(member)
+        data_size = info.file_size - member.tell()
+    if dtype.hasobject:
+        raise CompressError(
+            f"{path}: {key} holds Python objects, which compress does not unpickle; store numbers or strings"
+        )
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > data_size:
+        raise CompressError(
+            f"{path}: {key} declares shape {shape} of {dtype} ({_size(nbytes)}) but its member holds only "
+            f"{_size(data_size)}; the archive is corrupt, save it again with numpy.savez"
+        )
+    budget.claim(path, f"{key} of shape {shape} and dtype {dtype}", nbytes)
 
 
 def _npz_images(arrays: dict[str, np.ndarray], key: str, path: Path) -> np.ndarray:
@@ -264,6 +362,12 @@ def _npz_labels(arrays: dict[str, np.ndarray], key: str, path: Path) -> np.ndarr
         raise CompressError(
             f"{path}: {key} holds non-integer labels (dtype {y.dtype}); labels must be class indices 0..K-1"
         )
+    # checked before the cast, which would wrap values beyond int64; the class count follows from the largest label
+    if len(y) and y.max() >= MAX_CLASSES:
+        raise CompressError(
+            f"{path}: {key} holds label {int(y.max())}, beyond the {MAX_CLASSES} classes compress supports; "
+            "labels must be class indices 0..K-1 (K = number of classes)"
+        )
     return y.astype(np.int64)
 
 
@@ -289,7 +393,13 @@ def _read_folder(name: str, directory: Path) -> RawData:
             raise CompressError(f"{directory / split} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); add some")
     headers = [_header(p) for p in train_files + test_files]
     mode = "L" if all(m in _GRAY_MODES for m, _ in headers) else "RGB"
-    size = headers[0][1]
+    size = headers[0][1]  # every image is resized to the first one's size
+    width, height = size
+    _MemoryBudget().claim(
+        directory,
+        f"{len(headers)} images of {width}x{height} pixels (the size of the first, {train_files[0].name})",
+        len(headers) * (1 if mode == "L" else 3) * width * height,
+    )
     return RawData(
         name,
         _load_images(train_files, mode, size),
@@ -330,9 +440,17 @@ def _list_images(class_dirs: dict[str, Path], classes: list[str]) -> tuple[list[
 
 
 def _header(path: Path) -> tuple[str, tuple[int, int]]:
-    """An image's mode and (width, height), read without decoding the pixels."""
-    with _image_errors(path), Image.open(path) as img:
-        return img.mode, img.size
+    """An image's mode and (width, height), read without decoding the pixels; refused above MAX_IMAGE_PIXELS."""
+    # Pillow's own limit, above ours, warns before it refuses: such images are refused below in one line instead
+    with warnings.catch_warnings(), _image_errors(path):
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            mode, (width, height) = img.mode, img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise CompressError(
+            f"image {path} is {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS} compress decodes; {_DOWNSCALE}"
+        )
+    return mode, (width, height)
 
 
 def _load_images(files: list[Path], mode: str, size: tuple[int, int]) -> np.ndarray:
@@ -354,8 +472,10 @@ def _image_errors(path: Path) -> Iterator[None]:
     """Turn whatever Pillow raises on a bad file into a CompressError naming it."""
     try:
         yield
+    except Image.DecompressionBombError as e:
+        raise CompressError(f"image {path} is too large to decode ({first_line(e)}); {_DOWNSCALE}") from None
     except Exception as e:  # Pillow's decoders raise many unrelated exception types
-        raise CompressError(f"cannot read image {path} ({e}); fix or remove it") from None
+        raise CompressError(f"cannot read image {path} ({first_line(e)}); fix or remove it") from None
 
 
 def _require_dir(directory: Path, name: str, expected: str) -> None:
