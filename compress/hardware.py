@@ -76,6 +76,18 @@ def memory_bytes() -> int | None:
         return None
 
 
+def available_memory_bytes() -> int | None:
+    """Bytes the system can give without swapping (MemAvailable), else the physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return memory_bytes()
+
+
 def gpus() -> list[dict]:
     """Name, driver and memory of each NVIDIA GPU (empty when nvidia-smi is absent)."""
     import shutil

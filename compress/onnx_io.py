@@ -10,17 +10,29 @@ import contextlib
 import functools
 import io
 import logging
+import math
+import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from .errors import CompressError, foreign_errors
+from .errors import CompressError, first_line, foreign_errors
+from .hardware import available_memory_bytes
 
 # ONNX Runtime graph optimisation levels (bench times at any; export saves a graph optimised at one)
 OptimizationLevel = Literal["disable", "basic", "extended", "all"]
+
+# What compress feeds and scores today: one float32 input (a batch of samples) and (N, C) float logits.
+INPUT_TYPE = "tensor(float)"
+LOGIT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
+TAKES = "compress measures single-label classifiers today: one float32 input (N, ...) and (N, C) float logits"
+PROTOBUF_LIMIT = 2**31 - 1  # bytes; shape inference serialises the model, so a larger one is read without weights
+ALLOCATION_FAILURE = re.compile(
+    r"while running (\w+) node.*Failed to allocate memory for requested buffer of size (\d+)", re.DOTALL
+)
 
 
 @contextlib.contextmanager
@@ -108,6 +120,127 @@ def default_opset(model) -> int | None:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
+def load_classifier(path: str | Path, role: str = "model") -> OnnxClassifier:
+    """An :class:`OnnxClassifier` for a model file from anywhere, refused up front, before anything
+    runs: :func:`load_model`'s checks, then :func:`check_memory` on the shapes ONNX shape inference
+    finds (before a session exists: ONNX Runtime may fold constants while creating one), then the
+    inputs and outputs as ONNX Runtime sees them."""
+    model = load_model(path, role)
+    name = f"{role} {path}"
+    inferred = _infer_shapes(model, path)
+    if inferred is not None:
+        check_memory(inferred, name)
+    return OnnxClassifier(open_session(path, role=role), name)
+
+
+class Port(NamedTuple):
+    """A tensor of a graph, described by the fields of ONNX Runtime's ``NodeArg`` (for messages)."""
+
+    name: str
+    type: str  # "tensor(float)", ...
+    shape: list  # ints, str or None for symbolic dimensions; [] when unknown
+
+
+def check_signature(name: str, inputs: list, outputs: list) -> None:
+    """CompressError unless ``name`` takes one float32 input and gives (N, C) float logits first.
+
+    ``inputs`` and ``outputs``: ONNX Runtime ``NodeArg`` s. An unknown output rank passes here;
+    :meth:`OnnxClassifier.run` checks what actually comes out.
+    """
+    if len(inputs) != 1:
+        names = ", ".join(repr(i.name) for i in inputs)
+        raise CompressError(f"{name} has {len(inputs)} inputs ({names}); {TAKES}")
+    x = inputs[0]
+    if x.type != INPUT_TYPE:
+        raise CompressError(
+            f"{name} takes input {x.name!r} as {_shown(x)}; {TAKES} — export it with a float32 input "
+            "(a cast inside the graph if it needs another type)"
+        )
+    if not outputs:
+        raise CompressError(f"{name} has no outputs; {TAKES}")
+    y = outputs[0]
+    if y.type not in LOGIT_TYPES or (y.shape and len(y.shape) != 2):
+        raise CompressError(
+            f"{name} gives output {y.name!r} as {_shown(y)}; {TAKES} as its first output — "
+            "export it with the logits as the first output"
+        )
+
+
+def check_memory(model, name: str) -> None:
+    """CompressError when one tensor of the graph, by its inferred shape, needs more memory than is
+    available (symbolic dimensions count as 1, so the size is a lower bound).
+
+    ONNX Runtime's allocator raises for a request larger than the system grants, but where memory
+    is granted lazily a merely too-large one gets the process killed mid-run; this is refused first.
+    Only the top-level graph is seen, one tensor at a time.
+    """
+    available = available_memory_bytes()
+    if available is None:
+        return
+    graph = model.graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        size = _min_bytes(value)
+        if size > available:
+            by = f"{made_by[value.name]} node output" if value.name in made_by else "tensor"
+            raise CompressError(
+                f"{name}: its {by} {value.name!r} ({_shown(_port(value))}) needs at least "
+                f"{size / 2**30:,.1f} GiB, more than the {available / 2**30:,.1f} GiB of memory available; "
+                "check the shapes the graph asks for (a shape fed to Expand, ConstantOfShape, Tile or "
+                "Reshape), or run it on a machine with more memory"
+            )
+
+
+def _infer_shapes(model, path: str | Path):
+    """The model with ONNX shape inference's shapes filled in (constant shape inputs followed), or
+    None when inference cannot follow the graph."""
+    import onnx
+
+    if model.ByteSize() > PROTOBUF_LIMIT:
+        model = onnx.load(str(path), load_external_data=False)
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # an operator inference rejects: ONNX Runtime's own errors then apply
+        return None
+
+
+def _port(value) -> Port:
+    """A tensor's ``ValueInfoProto`` described as ONNX Runtime describes it."""
+    from onnx import TensorProto
+
+    tensor = value.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
+    try:
+        dtype = TensorProto.DataType.Name(tensor.elem_type).lower()
+    except ValueError:  # a type number this onnx does not know
+        dtype = f"type {tensor.elem_type}"
+    return Port(value.name, f"tensor({dtype})", dims)
+
+
+def _shown(port) -> str:
+    """``float64 [N, 1, 8, 8]``: the dtype and shape of a ``NodeArg`` or :class:`Port`."""
+    inner = port.type[len("tensor(") : -1] if port.type.startswith("tensor(") else None
+    if inner is None:
+        return f"{port.type} (not a tensor)"
+    dtype = {"float": "float32", "double": "float64"}.get(inner, inner)
+    dims = ", ".join("?" if d is None else str(d) for d in port.shape)
+    return f"{dtype} [{dims}]" if port.shape else f"{dtype} of unknown shape"
+
+
+def _min_bytes(value) -> int:
+    """Bytes a tensor holds at least: symbolic and unknown dimensions count as 1."""
+    from onnx import helper
+
+    if not value.type.HasField("tensor_type"):
+        return 0
+    tensor = value.type.tensor_type
+    try:
+        itemsize = helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+    except KeyError:  # an undefined type: 1 byte keeps the bound
+        itemsize = 1
+    return math.prod(d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim) * itemsize
+
+
 def session_options(
     threads: int | None = None,
     optimization: OptimizationLevel = "all",
@@ -163,16 +296,14 @@ def open_session(
 
 
 class OnnxClassifier:
-    """One-input classifier session: shape checks and batched prediction."""
+    """One-input classifier session: signature and shape checks, batched prediction, and
+    onnxruntime's run-time failures as one-line errors."""
 
     def __init__(self, session, name: str = "model"):
         self.session = session
         self.name = name
         inputs = session.get_inputs()
-        if len(inputs) != 1:
-            raise CompressError(
-                f"{name} has {len(inputs)} inputs; compress handles classifiers that take one input tensor"
-            )
+        check_signature(name, inputs, session.get_outputs())
         self.input_name = inputs[0].name
         self.input_shape = list(inputs[0].shape)  # ints, or str/None for symbolic dimensions
         self.output_name = session.get_outputs()[0].name
@@ -197,7 +328,44 @@ class OnnxClassifier:
             )
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+        """The logits of ``batch``: one row per sample."""
+        try:
+            logits = self.session.run([self.output_name], {self.input_name: batch})[0]
+        except Exception as exc:
+            raise self.failure(batch, exc) from None
+        if not isinstance(logits, np.ndarray) or logits.ndim != 2 or len(logits) != len(batch):
+            raise CompressError(
+                f"{self.name} gave output {self.output_name!r} of shape {list(np.shape(logits))} for a batch "
+                f"of shape {list(batch.shape)}; {TAKES}, one row per sample"
+            )
+        return logits
+
+    def call(self, batch: np.ndarray) -> Callable[[], object]:
+        """A run on ``batch`` for timing: only the run in the hot path (a ``try`` costs nothing
+        until it raises); a failure is one line."""
+        session, outputs, feeds = self.session, [self.output_name], {self.input_name: batch}
+
+        def run() -> object:
+            try:
+                return session.run(outputs, feeds)
+            except Exception as exc:
+                raise self.failure(batch, exc) from None
+
+        return run
+
+    def failure(self, batch: np.ndarray, exc: Exception) -> CompressError:
+        """onnxruntime's exception from running ``batch``, as one line with what to do."""
+        where = f"{self.name} on a batch of shape {list(batch.shape)}"
+        found = ALLOCATION_FAILURE.search(str(exc))
+        if found:
+            return CompressError(
+                f"onnxruntime could not allocate {int(found[2]) / 2**30:,.1f} GiB running {where} (in its "
+                f"{found[1]} node); check the shapes the graph asks for, or run it on a machine with more memory"
+            )
+        return CompressError(
+            f"onnxruntime failed running {where} ({first_line(exc)}); check that the model runs in "
+            "onnxruntime on float32 batches of this shape"
+        )
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Logits for every row of ``x`` (float32), in batches; a fixed batch size is padded to."""

@@ -7,12 +7,14 @@ import multiprocessing
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import CompressError, first_line
+from ..errors import CompressError, first_line, foreign_errors
 from ..onnx_io import OnnxClassifier, open_session
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -70,21 +72,23 @@ def make_call(loaded: Loaded, batch: np.ndarray, include_copies: bool) -> Callab
     """The timed call. On a GPU, inputs and outputs stay on the device (IOBinding) unless
     ``include_copies``, so host-device copies are not silently part of the figure."""
     runner = loaded.runner
-    session = runner.session
-    feeds = {runner.input_name: batch}
     if loaded.provider == "cpu" or include_copies:
-        outputs = [runner.output_name]
-        return lambda: session.run(outputs, feeds)
+        return runner.call(batch)
     import onnxruntime as ort
 
     device = "cuda"
-    value = ort.OrtValue.ortvalue_from_numpy(batch, device, 0)
-    binding = session.io_binding()
-    binding.bind_ortvalue_input(runner.input_name, value)
-    binding.bind_output(runner.output_name, device)
+    session = runner.session
+    with foreign_errors(f"onnxruntime cannot place a batch for {runner.name} on the GPU", "check the GPU's memory"):
+        value = ort.OrtValue.ortvalue_from_numpy(batch, device, 0)
+        binding = session.io_binding()
+        binding.bind_ortvalue_input(runner.input_name, value)
+        binding.bind_output(runner.output_name, device)
 
     def run_bound():
-        session.run_with_iobinding(binding)
+        try:
+            session.run_with_iobinding(binding)
+        except Exception as exc:
+            raise runner.failure(batch, exc) from None
         binding.synchronize_outputs()  # the kernels have finished when the clock stops
 
     return run_bound
@@ -111,9 +115,11 @@ def node_placement(
         options.profile_file_prefix = str(Path(folder) / "profile")
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=provider_chain(provider))
-            runner = OnnxClassifier(session)
+            runner = OnnxClassifier(session, f"model {path}")
             runner.run(batch)
             events = json.loads(Path(session.end_profiling()).read_text())
+        except CompressError:
+            raise
         except Exception as exc:
             raise CompressError(f"{path}: profiling the node placement failed ({first_line(exc)})") from None
     counts: dict[str, int] = {}
@@ -130,10 +136,19 @@ def peak_memory_mb(
     path: Path, provider: str, threads: int | None, optimization: str, batch: np.ndarray, runs: int = 10
 ) -> tuple[float, float]:
     """Peak resident memory (MiB) of a fresh process that loads the model and runs it, and what
-    the same process held before loading it (the runtime and libraries alone)."""
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        return pool.apply(_measure_peak_memory, (str(path), provider, threads, optimization, batch, runs))
+    the same process held before loading it (the runtime and libraries alone).
+
+    An executor rather than a Pool: a worker killed by the system (out of memory) breaks the
+    executor, where a Pool would wait for it forever."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        future = pool.submit(_measure_peak_memory, str(path), provider, threads, optimization, batch, runs)
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            raise CompressError(
+                f"measuring the peak memory of {path}: its process was killed (out of memory?); "
+                "pass --no-memory to skip the measurement"
+            ) from None
 
 
 def _measure_peak_memory(
