@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .artifacts import atomic_path, input_record, new_manifest, save_checkpoint
+from .artifacts import atomic_path, input_record, new_manifest, resume_path, save_checkpoint
 from .data import Dataset
 from .distillation.losses import hard_label_ce
 from .errors import CompressError, foreign_errors
@@ -53,12 +53,6 @@ def resolve_device(name: str) -> torch.device:
             "--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu (or auto)"
         )
     return torch.device(name)
-
-
-def resume_path(out: str | Path) -> Path:
-    """Where the state of an unfinished run of ``out`` is kept: ``runs/student.pt`` -> ``runs/student.resume.pt``."""
-    out = Path(out)
-    return out.with_name(out.stem + ".resume.pt")
 
 
 @torch.no_grad()
@@ -207,20 +201,28 @@ class Fit:
             state = torch.load(path, map_location=self.device, weights_only=True)
         if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
             raise CompressError(f"{path} is not a compress resume state; delete it and run without --resume")
-        saved, now = state["config"], self._config_dict()
+        saved, now = state.get("config"), self._config_dict()
+        if not isinstance(saved, dict):
+            raise CompressError(f"{path} is not a compress resume state; delete it and run without --resume")
         changed = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE_FIELDS and saved.get(k) != now.get(k))
         if changed:
             raise CompressError(
                 f"cannot resume: settings differ from the interrupted run ({', '.join(changed)}); "
                 f"use the same settings, or delete {path} to start afresh"
             )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        self.objective.load_state_dict(state["objective"])
-        self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val"], state["best_epoch"]
-        self.best_state, self.history = state["best_state"], state["history"]
-        torch.set_rng_state(state["torch_rng"].cpu())
+        # a damaged or edited state fails in many ways (a missing key, a tensor of another shape)
+        with foreign_errors(
+            f"resume state {path} does not fit this run", "delete it and run without --resume", typed=True
+        ):
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+            self.objective.load_state_dict(state["objective"])
+            self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val"], state["best_epoch"]
+            self.best_state, self.history = state["best_state"], state["history"]
+            torch.set_rng_state(state["torch_rng"].cpu())
+            if not (isinstance(self.epoch, int) and 0 <= self.epoch <= self.config.epochs):
+                raise ValueError(f"epoch {self.epoch!r} is not one of this run's {self.config.epochs}")
         log(f"resuming {self.config.out} after epoch {self.epoch}/{self.config.epochs}")
 
     # -- training --------------------------------------------------------------------------
@@ -265,10 +267,12 @@ class Fit:
                 loss, logits = self.objective.loss(self.model, x, y, indices, self.max_shift > 0)
             if not torch.isfinite(loss):
                 lr = self.schedule.get_last_lr()[0]
+                where = f"loss became {loss.item()} at epoch {self.epoch + 1}, step {step + 1} (learning rate {lr:.3g})"
+                if not torch.isfinite(x).all():
+                    raise CompressError(f"{where}: this batch of inputs holds NaN or infinite values; check --data")
                 raise CompressError(
-                    f"loss became {loss.item()} at epoch {self.epoch + 1}, step {step + 1} "
-                    f"(learning rate {lr:.3g}): the learning rate is probably too high; "
-                    f"try --lr {config.lr / 10:g}"
+                    f"{where}; if the learning rate is high, try a lower one (e.g. --lr {config.lr / 10:g}), "
+                    "else check the data and the other settings for extreme values"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

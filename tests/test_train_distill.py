@@ -8,10 +8,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from compress.artifacts import load_checkpoint, manifest_path
+from compress.artifacts import load_checkpoint, manifest_path, resume_path
 from compress.distillation import teachers
 from compress.errors import CompressError
-from compress.loop import Fit, resume_path
+from compress.loop import Fit
 from compress.modelspec import model_from_checkpoint
 from compress.stages.distill import DistillConfig, distill
 from compress.stages.train import TrainConfig, train
@@ -55,7 +55,7 @@ def teacher_pt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def teacher_onnx(teacher_pt):
     """The teacher exported to ONNX without a manifest: a black box that gives logits only."""
-    model = model_from_checkpoint(load_checkpoint(teacher_pt))
+    model = model_from_checkpoint(load_checkpoint(teacher_pt), teacher_pt)
     path = teacher_pt.with_name("teacher_export.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -138,7 +138,7 @@ def test_distill_from_onnx_teacher_with_student_from_file(tmp_path, teacher_onnx
 
 
 def test_distill_from_torchscript_teacher(tmp_path, teacher_pt):
-    model = model_from_checkpoint(load_checkpoint(teacher_pt))
+    model = model_from_checkpoint(load_checkpoint(teacher_pt), teacher_pt)
     path = tmp_path / "teacher.ts"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -231,7 +231,9 @@ def test_non_finite_loss_names_the_step_and_the_learning_rate(tmp_path):
                 model="mlp",
                 out=str(tmp_path / "m.pt"),
                 optimizer="sgd",
-                lr=1e12,
+                lr=10,  # the highest --lr takes; with this momentum and small batches the weights blow up
+                momentum=0.999,
+                batch_size=8,
                 schedule="constant",
                 epochs=1,
                 device="cpu",

@@ -24,12 +24,13 @@ from ..measure.latency import LatencyStats, compare, time_calls
 from ..measure.report import write_report
 from ..measure.runner import PROVIDERS, check_available, first_run_s, load, make_call, node_placement, peak_memory_mb
 from ..measure.stats import median_ci, speedup_ci, verdict
-from ..onnx_io import OptimizationLevel, load_model, model_info
+from ..onnx_io import OptimizationLevel, load_classifier, model_info
 from .base import Cli, Shortcut, Stage, StageConfig
-from .train import DATA_HELP
+from .train import DATA_HELP, MAX_BATCH, MAX_SAMPLES, MAX_THREADS
 
 REPORT_FORMAT = "compress-bench-report/1"
 log = logging.getLogger(__name__).info
+MAX_RUNS = 100_000  # the timing harness stops at this many runs (time_calls' max_runs)
 ROUNDS = 7  # the min-max of 7 per-round speed-ups holds the median speed-up with 98% confidence
 
 
@@ -59,20 +60,24 @@ class BenchConfig(StageConfig):
         min_length=1,
         description="Execution providers, comma-separated: cpu, cuda, tensorrt.",
     )
-    batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]], Cli(parse=_comma_list(int))] = Field(
+    batch_sizes: Annotated[list[Annotated[int, Field(ge=1, le=MAX_BATCH)]], Cli(parse=_comma_list(int))] = Field(
         default_factory=lambda: [1, 64], min_length=1, description="Batch sizes, comma-separated."
     )
-    threads: Annotated[list[Annotated[int, Field(ge=1)]], Cli(parse=_comma_list(int))] = Field(
+    threads: Annotated[list[Annotated[int, Field(ge=1, le=MAX_THREADS)]], Cli(parse=_comma_list(int))] = Field(
         default_factory=lambda: [1], min_length=1, description="Intra-op thread counts, comma-separated."
     )
-    warmup: int = Field(10, ge=0, description="Untimed runs first.")
-    min_runs: int = Field(50, ge=1, description="Timed runs per model and configuration, at least.")
-    min_time: float = Field(1.0, ge=0, description="Seconds of timed runs per model and configuration, at least.")
+    warmup: int = Field(10, ge=0, le=MAX_RUNS, description="Untimed runs first.")
+    min_runs: int = Field(50, ge=1, le=MAX_RUNS, description="Timed runs per model and configuration, at least.")
+    min_time: float = Field(
+        1.0, gt=0, le=3600, description="Seconds of timed runs per model and configuration, at least."
+    )
     optimization: OptimizationLevel = Field("all", description="ONNX Runtime graph optimisation.")
     include_copies: bool = Field(
         False, description="GPU: time host-to-device and back copies too (default: IOBinding keeps data on the device)."
     )
-    accuracy_samples: int | None = Field(None, ge=1, description="Test samples for accuracy (default: all).")
+    accuracy_samples: int | None = Field(
+        None, ge=1, le=MAX_SAMPLES, description="Test samples for accuracy (default: all)."
+    )
     memory: bool = Field(True, description="Measure each model's peak resident memory in a fresh process.")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the intervals (0.5-1).")
 
@@ -119,13 +124,15 @@ def measure(config: BenchConfig) -> dict[str, Any]:
     models = {}
     datasets: dict[tuple, Dataset] = {}
     for path in paths:
-        load_model(path, role="model")
+        runner = load_classifier(path, role="model")
         manifest = read_manifest(path)
         dataset = _dataset(path, manifest, config, datasets)
+        if not len(dataset.y_test):
+            raise CompressError("the test split has no samples; use data with test samples")
+        runner.check_fits(dataset.in_shape, dataset.spec)
+        # one run before any measuring: a model that fails or gives no (N, C) logits stops here
+        runner.run(_batch(dataset.x_test, max(config.batch_sizes)))
         models[path] = {"manifest": manifest, "dataset": dataset, "name": _name(path, paths)}
-    sample_counts = {len(m["dataset"].y_test) for m in models.values()}
-    if 0 in sample_counts:
-        raise CompressError("the test split has no samples; use data with test samples")
 
     entries = {path: _describe(path, info, baseline) for path, info in models.items()}
     rows = []
@@ -135,7 +142,6 @@ def measure(config: BenchConfig) -> dict[str, Any]:
         for path, info in models.items():
             loaded = load(path, provider, max(config.threads), config.optimization)
             x, y = _test_split(info["dataset"], config.accuracy_samples)
-            loaded.runner.check_fits(info["dataset"].in_shape, info["dataset"].spec)
             # the very first run of a fresh session, before anything else touches it
             first = first_run_s(make_call(loaded, _batch(x, max(config.batch_sizes)), config.include_copies))
             logits = loaded.runner.predict(x)
@@ -337,6 +343,8 @@ STAGE = Stage(
     summary=summary,
     reads=("models", "baseline"),
     writes=("report",),
+    folders=("report",),
+    preflight=lambda config: check_available(config.providers),
     shortcuts=(
         Shortcut(
             "--compare",

@@ -14,6 +14,7 @@ The quantization itself is ONNX Runtime's (``quant_pre_process``, ``quantize_sta
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -23,14 +24,22 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from ..artifacts import atomic_path, input_record, new_manifest, read_manifest, sha256_file, staging_dir, write_manifest
+from ..artifacts import (
+    input_record,
+    manifest_path,
+    new_manifest,
+    read_manifest,
+    sha256_file,
+    staging_dir,
+    write_manifest,
+)
 from ..data import Dataset, PreprocessingChoice, load_dataset_for
 from ..errors import CompressError, first_line
 from ..hardware import CpuInfo, cpu_info
 from ..measure.latency import compare
-from ..onnx_io import OnnxClassifier, load_model, model_info, open_session, quiet
+from ..onnx_io import OnnxClassifier, load_classifier, model_info, open_session, quiet
 from .base import Cli, Stage, StageConfig, output_suffix
-from .train import DATA_HELP
+from .train import DATA_HELP, MAX_BATCH, MAX_SAMPLES, MAX_SEED, MAX_THREADS
 
 # The ops whose int8 kernels make the speed; a node of these types is what the accuracy loop keeps in float.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -67,7 +76,9 @@ class QuantizeConfig(StageConfig):
     calibration: Literal["minmax", "entropy", "percentile"] = Field(
         "minmax", description="How activation ranges are set."
     )
-    calibration_samples: int = Field(512, ge=1, description="Training samples that calibrate (static mode).")
+    calibration_samples: int = Field(
+        512, ge=1, le=MAX_SAMPLES, description="Training samples that calibrate (static mode)."
+    )
     preprocess: bool = Field(
         True, description="Run onnxruntime's quant_pre_process (shape inference, optimisation) first."
     )
@@ -86,9 +97,11 @@ class QuantizeConfig(StageConfig):
         description="Try every sensible mode/format/type/per-channel setting, time "
         "each, keep the fastest within the budget (1 point unless --max-accuracy-drop).",
     )
-    batch_size: int = Field(64, ge=1, description="Batch size of the timing.")
-    threads: int | None = Field(None, ge=1, description="Intra-op threads of the timing (default: onnxruntime's).")
-    seed: int = Field(0, description="Which training samples calibrate.")
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH, description="Batch size of the timing.")
+    threads: int | None = Field(
+        None, ge=1, le=MAX_THREADS, description="Intra-op threads of the timing (default: onnxruntime's)."
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the choice of calibration samples.")
 
     _out = output_suffix(".onnx")
 
@@ -315,9 +328,8 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
     Progress goes to the ``compress`` logger. Raises CompressError for bad input, and for a model that
     misses the accuracy budget unless ``allow_over_budget``; then nothing is written.
     """
-    load_model(config.model, role="model")
+    float_runner = load_classifier(config.model, role="model")
     source = read_manifest(config.model) or {}
-    float_runner = OnnxClassifier(open_session(config.model, role="model"), f"model {config.model}")
     needs_data = config.mode == "static" or config.search or config.max_accuracy_drop is not None
     dataset = _dataset(config, source, float_runner, needs_data)
     cpu = cpu_info()
@@ -327,6 +339,7 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
         budget = SEARCH_DEFAULT_BUDGET
     eval_x, eval_y, eval_split = _evaluation_split(dataset)
     timing_input = _timing_input(float_runner, dataset, config.batch_size)
+    float_runner.run(timing_input)  # one run before any work: a model that fails or gives no (N, C) logits stops here
 
     out = Path(config.out)
     with staging_dir(out) as workdir:
@@ -377,46 +390,50 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
         for warning in warnings_:
             logger.warning(warning)
         coverage = _int8_coverage(chosen.path)
-        with atomic_path(out) as tmp:
-            shutil.copyfile(chosen.path, tmp)
-
-    manifest = new_manifest(out, "quantize", config.model_dump(mode="json"))
-    manifest["inputs"] = [input_record("model", config.model)]
-    for key in ("model", "input_spec", "output_spec", "preprocessing", "labels", "data"):
-        manifest[key] = source.get(key)
-    if dataset is not None:
-        manifest["preprocessing"] = dataset.preprocessing.to_dict()
-        manifest["labels"] = manifest["labels"] or dataset.labels
-        manifest["data"] = manifest["data"] or dataset.describe()
-    manifest["quantization"] = {
-        **chosen.settings.to_dict(),
-        "excluded_nodes": chosen.excluded,
-        "calibration_samples": 0 if calibration is None or chosen.settings.mode == "dynamic" else len(calibration),
-        "calibration_split": "train",
-        "preprocessed": preprocess_note,
-        "cpu": cpu.describe(),
-        "budget_points": budget,
-        "over_budget": over_budget,
-        "coverage": coverage,
-        "sensitivity": sensitivity,
-        "search": [_candidate_record(c, float_accuracy) for c in candidates] or None,
-    }
-    int8_info = model_info(out)
-    manifest["metrics"] = {
-        "accuracy_split": eval_split,
-        "float_accuracy": float_accuracy,
-        "accuracy": chosen.accuracy,
-        "accuracy_drop_points": drop(chosen) if float_accuracy is not None else None,
-        "float_size_bytes": model_info(config.model)["size_bytes"],
-        "size_bytes": int8_info["size_bytes"],
-        "latency": speed,
-        "warnings": warnings_,
-        "recommendation": "keep fp32" if speed["speedup"] < NOT_FASTER_RATIO else "int8",
-    }
-    manifest["onnx"] = {"opset": int8_info["opset"], "nodes": int8_info["nodes"], "op_types": int8_info["op_types"]}
-    manifest["sha256"] = sha256_file(out)
-    manifest["size_bytes"] = int8_info["size_bytes"]
-    write_manifest(out, manifest)
+        # The model and its manifest are made in the staging folder and moved into place last, once
+        # every check passed: a failure anywhere leaves nothing under the output's name.
+        staged = workdir / "out" / out.name
+        staged.parent.mkdir()
+        shutil.copyfile(chosen.path, staged)
+        manifest = new_manifest(out, "quantize", config.model_dump(mode="json"))
+        manifest["inputs"] = [input_record("model", config.model)]
+        for key in ("model", "input_spec", "output_spec", "preprocessing", "labels", "data"):
+            manifest[key] = source.get(key)
+        if dataset is not None:
+            manifest["preprocessing"] = dataset.preprocessing.to_dict()
+            manifest["labels"] = manifest["labels"] or dataset.labels
+            manifest["data"] = manifest["data"] or dataset.describe()
+        manifest["quantization"] = {
+            **chosen.settings.to_dict(),
+            "excluded_nodes": chosen.excluded,
+            "calibration_samples": 0 if calibration is None or chosen.settings.mode == "dynamic" else len(calibration),
+            "calibration_split": "train",
+            "preprocessed": preprocess_note,
+            "cpu": cpu.describe(),
+            "budget_points": budget,
+            "over_budget": over_budget,
+            "coverage": coverage,
+            "sensitivity": sensitivity,
+            "search": [_candidate_record(c, float_accuracy) for c in candidates] or None,
+        }
+        int8_info = model_info(staged)
+        manifest["metrics"] = {
+            "accuracy_split": eval_split,
+            "float_accuracy": float_accuracy,
+            "accuracy": chosen.accuracy,
+            "accuracy_drop_points": drop(chosen) if float_accuracy is not None else None,
+            "float_size_bytes": model_info(config.model)["size_bytes"],
+            "size_bytes": int8_info["size_bytes"],
+            "latency": speed,
+            "warnings": warnings_,
+            "recommendation": "keep fp32" if speed["speedup"] < NOT_FASTER_RATIO else "int8",
+        }
+        manifest["onnx"] = {"opset": int8_info["opset"], "nodes": int8_info["nodes"], "op_types": int8_info["op_types"]}
+        manifest["sha256"] = sha256_file(staged)
+        manifest["size_bytes"] = int8_info["size_bytes"]
+        write_manifest(staged, manifest)
+        os.replace(staged, out)  # the model first: its manifest names its hash
+        os.replace(manifest_path(staged), manifest_path(out))
     return manifest
 
 
@@ -514,7 +531,7 @@ def _accuracy_meter(x: np.ndarray | None, y: np.ndarray | None) -> Callable[[Pat
     def accuracy(path: Path) -> float | None:
         if x is None:
             return None
-        return OnnxClassifier(open_session(path, role="quantized model")).accuracy(x, y)
+        return OnnxClassifier(open_session(path, role="quantized model"), "the quantized model").accuracy(x, y)
 
     return accuracy
 
@@ -551,7 +568,7 @@ def _rank_nodes(
     ranking = []
     for name in _quantizable_nodes(float_path):
         path = quantizer.quantize(settings, only=[name])
-        logits = OnnxClassifier(open_session(path, role="quantized model")).predict(x)
+        logits = OnnxClassifier(open_session(path, role="quantized model"), "the quantized model").predict(x)
         error = float(np.mean((logits.astype(np.float64) - reference) ** 2)) / scale
         ranking.append(
             {
@@ -599,10 +616,11 @@ def _time_candidates(
     spin for a while after each run, and other idle sessions would steal the cores. Returns the
     figures of the last candidate.
     """
-    float_runner = OnnxClassifier(open_session(float_model, threads=config.threads))
+    float_runner = OnnxClassifier(open_session(float_model, threads=config.threads), f"model {float_model}")
     for c in candidates:
-        pair = {"fp32": float_runner, "int8": OnnxClassifier(open_session(c.path, threads=config.threads))}
-        calls = {name: (lambda r=r: r.session.run([r.output_name], {r.input_name: x})) for name, r in pair.items()}
+        int8_runner = OnnxClassifier(open_session(c.path, threads=config.threads), "the quantized model")
+        pair = {"fp32": float_runner, "int8": int8_runner}
+        calls = {name: r.call(x) for name, r in pair.items()}
         result = compare(calls, baseline="fp32", batch_size=len(x), rounds=rounds, seconds_per_round=0.2)
         c.latency = result.stats["int8"].to_dict()
         c.speedup = result.speedup("int8")

@@ -24,6 +24,13 @@ def _model_args(pairs: tuple[str, ...]) -> dict[str, Any]:
     return parse_model_args(pairs)
 
 
+# Bounds shared by the stages' settings: what numpy and torch take as a seed, and sizes no run reaches.
+MAX_SEED = 2**32 - 1
+MAX_BATCH = 2**20
+MAX_EPOCHS = 10**6
+MAX_SAMPLES = 10**7
+MAX_THREADS = 1024
+
 MODEL_ARGS = Cli(flags=("--model-arg",), metavar="KEY=VALUE", repeat=True, parse=_model_args)
 
 
@@ -36,22 +43,26 @@ class TrainConfig(StageConfig):
     )
     data: str = Field("digits", description=f"Dataset: {DATA_HELP}.")
     out: str = Field(description="Checkpoint to write (.pt); its manifest goes beside it (.pt.json).")
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS, description="Passes over the training split.")
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH, description="Training samples per optimiser step.")
+    lr: float = Field(3e-3, gt=0, le=10, description="Peak learning rate.")
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    momentum: float = Field(0.9, ge=0, description="SGD momentum.")
-    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of --optimizer sgd.")
+    weight_decay: float = Field(5e-4, ge=0, le=1, description="Weight decay (decoupled for adamw).")
     schedule: Literal["onecycle", "cosine", "constant"] = Field(
         "onecycle", description="Learning-rate schedule, per step."
     )
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="Share of each label's probability spread evenly over all classes."
+    )
     augment: Literal["none", "shift"] = Field(
         "none", description="shift: random shifts of up to 2 px (1 px on images under 21 px)."
     )
-    val_fraction: float = Field(0.1, description="Part of the training split held out for validation.")
-    split_seed: int = Field(0, description="Seed of the train/validation split.")
-    seed: int = Field(0, description="Seed of initialisation and shuffling.")
+    val_fraction: float = Field(
+        0.1, ge=0, lt=0.9, description="Part of the training split held out for validation (0: none)."
+    )
+    split_seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the train/validation split.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of initialisation and shuffling.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="cuda trains with bf16 autocast.")
     resume: bool = Field(False, description="Continue an interrupted run of the same --out.")
 
