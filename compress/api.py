@@ -36,7 +36,7 @@ def _function(stage: Stage) -> Callable[..., dict[str, Any]]:
         built = build_or_raise(
             config, values, lambda field: f"{field}=", "keyword", prefix=f"compress.{stage.name}(): "
         )
-        return stage.run(built)
+        return stage.execute(built)
 
     parameters = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in positional]
     parameters += [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
 import types
 import typing
@@ -23,6 +24,9 @@ from click.core import ParameterSource
 from .errors import CompressError
 from .stages import STAGES, Stage
 from .stages.base import build_or_raise, cli_of, settable
+
+if typing.TYPE_CHECKING:
+    from .recipe import Recipe
 
 
 def flag_of(config: type, name: str) -> str:
@@ -113,7 +117,7 @@ def run_stage(stage: Stage, config: Any) -> None:
     """Run a stage and say what came of it: its summary, then every file written."""
     from .artifacts import manifest_path
 
-    for line in stage.summary(stage.run(config)):
+    for line in stage.summary(stage.execute(config)):
         click.echo(line)
     for name in stage.writes:
         path = Path(getattr(config, name))
@@ -155,13 +159,21 @@ def run(recipe, data, out, force, dry_run):
       compress run recipes/mnist.toml --data mnist:data/mnist --dry-run
       compress run recipes/mnist.toml --force quantize
     """
+    from .recipe import load_recipe
+
+    loaded = load_recipe(recipe, data=data, out=out)
+    try:
+        _run_recipe(loaded, recipe, set(force), dry_run)
+    except CompressError as exc:
+        raise CompressError(loaded.mask(str(exc))) from None
+
+
+def _run_recipe(loaded: Recipe, recipe: str, force: set[str], dry_run: bool) -> None:
     from .pipeline import build_plan, check_force, describe_stage, summary_table
     from .pipeline import dry_run as plan_only
     from .pipeline import run as run_plan
-    from .recipe import load_recipe
 
-    plan = build_plan(load_recipe(recipe, data=data, out=out))
-    force = set(force)
+    plan = build_plan(loaded)
     check_force(plan, force)
     if dry_run:
         click.echo(f"plan of {recipe} (run folder {plan.recipe.out}):")
@@ -212,10 +224,29 @@ def _progress_on_stderr() -> Iterator[None]:
         logger.setLevel(saved[1])
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (sent by timeout, docker stop, Slurm) stops a command as Ctrl-C does: temporary files
+    removed, earlier results kept, the same message."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and exit status 2."""
     try:
-        with _progress_on_stderr():
+        with _sigterm_as_interrupt(), _progress_on_stderr():
             cli.main(args=argv, prog_name="compress", standalone_mode=False)
     except CompressError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -227,10 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
         click.echo(f"error: {exc.format_message()}{hint}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
         click.echo(
             "interrupted: no half-written output was kept (train/distill keep finished "
             "epochs: run the same command with --resume to continue)",
@@ -240,6 +268,13 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # the machine, not compress: a disk that filled up, a file that went away
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: {where}{exc.strerror or exc}; check the path, its permissions and free space", err=True)
+        sys.exit(2)
+    except MemoryError:
+        click.echo("error: out of memory; use smaller --batch-size or data, or a machine with more memory", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

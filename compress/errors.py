@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
+
+# Library messages that tell the user to load a file with code execution allowed.
+UNSAFE_ADVICE = re.compile(r"weights_only|allow_pickle|safe_globals", re.IGNORECASE)
 
 
 class CompressError(Exception):
@@ -18,6 +22,11 @@ def first_line(exc: BaseException, limit: int = 200, typed: bool = False) -> str
     """The first line of an exception's message (its type when it has none), at most ``limit`` long;
     ``typed`` puts the type in front (``ValueError: bad size``), for errors raised by user code."""
     text = str(exc).strip()
+    if UNSAFE_ADVICE.search(text):
+        # torch's "re-run with weights_only=False", numpy's "allow_pickle": never pass that advice on
+        text = (
+            "it holds Python objects beyond tensors and plain data, which compress never unpickles: they could run code"
+        )
     line = text.splitlines()[0] if text else ""
     if typed or not line:
         line = f"{type(exc).__name__}: {line}" if line else type(exc).__name__

@@ -36,8 +36,7 @@ Seconds = Annotated[float, Field(ge=0)]
 class _Record(BaseModel):
     """A fixed-shape part of a manifest: unknown keys are refused."""
 
-    # NaN/inf (JSON's NaN/Infinity, as json.dumps writes them) come back out as they went in
-    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class _Open(_Record):

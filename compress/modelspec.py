@@ -143,6 +143,7 @@ def build_model(
     factory = resolve_factory(spec)
     in_shape, args = tuple(in_shape), dict(model_args or {})
     _check_args(spec, factory, args)
+    _check_memory(spec, factory, in_shape, num_classes, args)
     with foreign_errors(
         f"model '{spec}' could not be built for input shape {in_shape} and {num_classes} classes with {args}",
         "check the model arguments",
@@ -165,6 +166,27 @@ def build_model(
     return model
 
 
+def _check_memory(
+    spec: str, factory: Callable[..., Any], in_shape: tuple[int, ...], num_classes: int, args: dict[str, Any]
+) -> None:
+    """Refuse a model whose weights alone would not fit in this machine's memory (``hidden=10**9``),
+    measured on PyTorch's meta device, where building allocates nothing."""
+    from .hardware import memory_bytes
+
+    try:
+        with torch.device("meta"):
+            probe = factory(in_shape, num_classes, **args)
+        needed = sum(t.numel() * t.element_size() for t in [*probe.parameters(), *probe.buffers()])
+    except Exception:  # code that cannot be built on the meta device is built for real, unchecked
+        return
+    available = memory_bytes()
+    if available and needed > available:
+        raise CompressError(
+            f"model '{spec}' with {args} needs {needed / 2**30:,.1f} GiB for its weights, more than this machine's "
+            f"{available / 2**30:,.1f} GiB of memory; check the model arguments"
+        )
+
+
 def _check_args(spec: str, factory: Callable[..., Any], args: dict[str, Any]) -> None:
     """Refuse arguments the factory's signature does not take, naming the ones it does."""
     try:
@@ -182,17 +204,76 @@ def _check_args(spec: str, factory: Callable[..., Any], args: dict[str, Any]) ->
             )
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
-    """Rebuild the model a compress checkpoint describes, with its weights loaded.
+def check_model_code(
+    spec: str,
+    source: str | Path,
+    named: Sequence[str | None],
+    trust: bool,
+    flag: str,
+    trust_flag: str = "--trust-model-code",
+) -> None:
+    """Refuse to run the code a file names unless the user named it too (or trusts the file).
 
-    A structurally pruned checkpoint has narrower layers than its factory builds: those layers
-    are resized to the stored tensors first (see ``resize_to``).
+    A checkpoint's ``model_spec`` says which factory rebuilds it; a zoo name is compress's own
+    code, but a file or module could be anything (``subprocess:run``). ``named`` are the specs the
+    user gave (``flag`` is how they give one); ``trust`` is their explicit trust in ``source``.
     """
-    model = build_model(
-        checkpoint["model_spec"], tuple(checkpoint["in_shape"]), checkpoint["num_classes"], checkpoint["model_args"]
+    if spec in ZOO or trust:
+        return
+    if any(user is not None and _same_code(user, spec) for user in named):
+        return
+    shown = repr(spec) if len(spec) <= 200 else repr(spec[:200]) + "..."
+    raise CompressError(
+        f"{source} names the model code {shown}, not a zoo model; compress runs code a file names only "
+        f"when you name it too: give {flag} with that spec if it is your model's code, or "
+        f"{trust_flag} if you trust {source}"
     )
-    resize_to(model, checkpoint["state_dict"])
-    model.load_state_dict(checkpoint["state_dict"])
+
+
+def _same_code(user: str, stored: str) -> bool:
+    try:
+        return canonical_spec(user) == stored
+    except CompressError:
+        return False
+
+
+def model_from_checkpoint(
+    checkpoint: dict[str, Any],
+    source: str | Path,
+    named: Sequence[str | None] = (),
+    trust: bool = False,
+    flag: str = "--model",
+) -> nn.Module:
+    """Rebuild the model a compress checkpoint (from ``source``) describes, with its weights loaded.
+
+    Its code runs only if it is a zoo model, the user named it or trusts the file
+    (``check_model_code``). A structurally pruned checkpoint has narrower layers than its factory
+    builds: those layers are resized to the stored tensors first (see ``resize_to``).
+    """
+    spec = checkpoint["model_spec"]
+    check_model_code(spec, source, named, trust, flag)
+    in_shape = tuple(checkpoint["in_shape"])
+    model = build_model(spec, in_shape, checkpoint["num_classes"], checkpoint["model_args"])
+    state = checkpoint["state_dict"]
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        found = "; ".join(
+            f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", unexpected))
+            if keys
+        )
+        raise CompressError(
+            f"the weights in {source} do not fit the model {spec!r} builds ({found}); the model code changed "
+            "after training: restore the code it was trained with, or train again"
+        )
+    with foreign_errors(
+        f"the weights in {source} do not fit the model {spec!r} builds",
+        "restore the code it was trained with, or train again",
+    ):
+        resize_to(model, state)
+        model.load_state_dict(state)
+    _forward_zeros(model, in_shape, 1, f"the model in {source}", "restore the code it was trained with, or train again")
     return model
 
 
@@ -296,7 +377,13 @@ def _record_shape(shapes: dict[str, list[int]], name: str, out: Any) -> None:
         shapes[name] = list(out.shape[1:])
 
 
-def _forward_zeros(model: nn.Module, in_shape: tuple[int, ...], batch: int, what: str) -> Any:
+def _forward_zeros(
+    model: nn.Module,
+    in_shape: tuple[int, ...],
+    batch: int,
+    what: str,
+    advice: str = "check the input shape matches the model",
+) -> Any:
     """Run ``model`` in eval mode without gradients on zeros (batch, *in_shape); restore modes."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -305,8 +392,7 @@ def _forward_zeros(model: nn.Module, in_shape: tuple[int, ...], batch: int, what
             return model(torch.zeros(batch, *in_shape))
     except Exception as exc:
         raise CompressError(
-            f"{what} fails on a zeros input of shape {(batch, *in_shape)} "
-            f"({first_line(exc, typed=True)}); check the input shape matches the model"
+            f"{what} fails on a zeros input of shape {(batch, *in_shape)} ({first_line(exc, typed=True)}); {advice}"
         ) from exc
     finally:
         for module, training in modes:

@@ -26,12 +26,17 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from .artifacts import sha256_file, write_json
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .artifacts import cached_sha256, resume_path, write_json
 from .errors import CompressError, first_line
+from .measure.report import load_report
 from .recipe import Recipe, data_files
 from .stages import STAGES, Stage
+from .stages.base import paths_of
+from .typed_files import problem_line
 
 RUN_FORMAT = "compress-run/1"
 log = logging.getLogger(__name__).info
@@ -49,14 +54,7 @@ class Step:
     @property
     def inputs(self) -> dict[str, Path]:
         """role -> a file it reads (hashed): the stage's ``reads`` fields."""
-        found = {}
-        for name in self.stage.reads:
-            value = getattr(self.config, name)
-            if isinstance(value, list):
-                found.update({f"{name}[{i}]": Path(v) for i, v in enumerate(value)})
-            elif value is not None:
-                found[name] = Path(value)
-        return found
+        return paths_of(self.config, self.stage.reads)
 
     @property
     def outputs(self) -> list[Path]:
@@ -103,27 +101,49 @@ def build_plan(recipe: Recipe) -> Plan:
             Step(name, STAGES[name.split("-")[0]], recipe.build(table, **paths), data=data if reads_data else None)
         )
 
+    # the model code of each checkpoint: named in the recipe, so the stages that rebuild it may run it
     if recipe.teacher_path is None:
         teacher = out / "teacher.pt"
         add("train", "teacher", reads_data=True, out=str(teacher), data=data)
+        teacher_code = {"model": steps[-1].config.model, "trust_model_code": False}
     else:
         teacher = recipe.teacher_path
+        teacher_code = recipe.teacher_code
     student = out / "student.pt"
-    add("distill", "student", reads_data=True, out=str(student), data=data, teacher=str(teacher))
+    add(
+        "distill",
+        "student",
+        reads_data=True,
+        out=str(student),
+        data=data,
+        teacher=str(teacher),
+        teacher_model=teacher_code["model"],
+        trust_model_code=teacher_code["trust_model_code"],
+    )
+    student_code = {"model": steps[-1].config.model}
     if teacher.suffix == ".onnx":
         teacher_onnx = teacher
     else:
         teacher_onnx = out / "teacher.onnx"
-        add("export-teacher", "export", checkpoint=str(teacher), out=str(teacher_onnx))
+        add("export-teacher", "export", checkpoint=str(teacher), out=str(teacher_onnx), **teacher_code)
     student_onnx = out / "student.onnx"
-    add("export-student", "export", checkpoint=str(student), out=str(student_onnx))
+    add("export-student", "export", checkpoint=str(student), out=str(student_onnx), **student_code)
     variants = [("teacher", teacher_onnx), ("student", student_onnx)]
     final = student_onnx
     if recipe.has("prune"):
         pruned = out / "student.pruned.pt"
-        add("prune", "prune", checkpoint=str(student), out=str(pruned), teacher=str(teacher))
+        add(
+            "prune",
+            "prune",
+            checkpoint=str(student),
+            out=str(pruned),
+            teacher=str(teacher),
+            teacher_model=teacher_code["model"],
+            trust_model_code=teacher_code["trust_model_code"],
+            **student_code,
+        )
         final = out / "student.pruned.onnx"
-        add("export-pruned", "export", checkpoint=str(pruned), out=str(final))
+        add("export-pruned", "export", checkpoint=str(pruned), out=str(final), **student_code)
         variants.append(("student pruned", final))
     if recipe.has("quantize"):
         int8 = final.with_name(final.stem + ".int8.onnx")
@@ -140,17 +160,8 @@ def build_plan(recipe: Recipe) -> Plan:
 class Hashes:
     """sha256 of files, computed once per run (a file is hashed again only if it changed on disk)."""
 
-    def __init__(self):
-        self._known: dict[tuple[str, int, int], str] = {}
-
     def file(self, path: Path) -> str | None:
-        if not path.is_file():
-            return None
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-        if key not in self._known:
-            self._known[key] = sha256_file(path)
-        return self._known[key]
+        return cached_sha256(path) if path.is_file() else None
 
     def data(self, spec: str) -> str:
         """One digest over the files of a data source (its name alone for the built-in digits)."""
@@ -170,18 +181,45 @@ def read_log(plan: Plan) -> dict[str, Any]:
     path = plan.log_path
     if not path.exists():
         return {"format": RUN_FORMAT, "stages": {}}
+    if path.is_dir():
+        raise CompressError(f"cannot keep the run log {path}: a folder is in the way; remove it or choose another out")
     try:
         log = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CompressError(f"{path} is damaged (not JSON); delete it to run every stage again") from None
+    except OSError as exc:
+        raise CompressError(f"{path} cannot be read ({exc.strerror or exc}); check its permissions") from None
     if not isinstance(log, dict) or log.get("format") != RUN_FORMAT:
         raise CompressError(f"{path} is not a compress run log; choose another out folder for this recipe")
+    try:
+        RunLog.model_validate(log)
+    except ValidationError as exc:
+        raise CompressError(f"{path}: {problem_line(exc)}; delete it to run every stage again") from None
     return log
+
+
+class _StageRecord(BaseModel):
+    """What run.json keeps of a stage, as far as deciding whether it runs again reads it."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    status: Literal["running", "done", "failed", "interrupted"]
+    settings: dict[str, Any] = {}
+    inputs: dict[str, str | None] = {}
+    outputs: dict[str, str | None] = {}
+
+
+class RunLog(BaseModel):
+    """run.json: the stages of the run folder, by name (the rest is for people to read)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    format: str
+    stages: dict[str, _StageRecord]
 
 
 def decide(step: Step, record: dict | None, forced: bool, rebuilt: set[Path], hashes: Hashes) -> Decision:
     """Whether ``step`` runs, and why; ``rebuilt``: outputs of earlier steps that will run first."""
-    from .loop import resume_path
 
     resume = (
         step.stage.resumable
@@ -231,6 +269,7 @@ def _changes(step: Step, record: dict, hashes: Hashes) -> str:
 
 def dry_run(plan: Plan, force: set[str]) -> list[Decision]:
     """What ``run`` would do now, without running anything."""
+    check_steps(plan)
     run_log, hashes = read_log(plan), Hashes()
     decisions, rebuilt = [], set()
     for step in plan.steps:
@@ -277,7 +316,15 @@ def run(plan: Plan, force: set[str] = frozenset()) -> dict[str, Any]:
             "give this one another folder with --out"
         ) from None
     with lock:
+        check_steps(plan)
         return _run_steps(plan, force)
+
+
+def check_steps(plan: Plan) -> None:
+    """What every stage can know before the first one starts (its outputs can be written, the machine
+    has what it needs), so that a run does not fail at its last stage for a reason known at the start."""
+    for step in plan.steps:
+        step.stage.check(step.config)
 
 
 def _run_steps(plan: Plan, force: set[str]) -> dict[str, Any]:
@@ -306,7 +353,7 @@ def _run_steps(plan: Plan, force: set[str]) -> dict[str, Any]:
         began = time.perf_counter()
         config = step.config.model_copy(update={"resume": decision.resume}) if step.stage.resumable else step.config
         try:
-            summary = step.stage.summary(step.stage.run(config))
+            summary = step.stage.summary(step.stage.execute(config))
         except KeyboardInterrupt:
             _finish(record, "interrupted", began)
             write_json(plan.log_path, run_log)
@@ -339,7 +386,6 @@ def _now() -> str:
 
 def _clear_stale_resume_state(step: Step, decision: Decision) -> None:
     """A resume state left by an older recipe of this folder cannot be resumed: start afresh."""
-    from .loop import resume_path
 
     state = resume_path(step.config.out) if step.stage.resumable else None
     if state is not None and not decision.resume and state.exists():
@@ -355,7 +401,7 @@ def summary_rows(plan: Plan) -> list[dict[str, Any]]:
     report_path = plan.report_dir / "report.json"
     if not report_path.exists():
         return []
-    report = json.loads(report_path.read_text())
+    report = load_report(report_path)
     rows = []
     by_path = {Path(m["path"]).resolve(): m for m in report["models"]}
     provider = report["config"]["providers"][0]

@@ -137,4 +137,4 @@ def recover(
         for name, mask in masks.items():
             modules[name].weight.register_hook(lambda grad, mask=mask.to(device): grad * mask)
     fit.run()
-    return model_from_checkpoint(load_checkpoint(out))
+    return model_from_checkpoint(load_checkpoint(out), out, (config.model,))

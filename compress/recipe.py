@@ -7,7 +7,8 @@ the command's flags (``--min-time`` -> ``min_time``) and a key left out takes th
     data = "digits"               # any --data source; ${VAR} takes an environment variable
 
     [teacher]                     # TrainConfig: train one ...
-    model = "resnet8"             # ... or give one: path = "teacher.pt" (or .onnx)
+    model = "resnet8"             # ... or give one: path = "teacher.pt" (or .onnx); a checkpoint
+                                  # of your own code also takes model = "file.py:factory" (its code)
     [student]                     # DistillConfig (model is the student)
     [prune]                       # PruneConfig; optional: prunes the student
     [export]                      # ExportConfig, for every export
@@ -49,15 +50,22 @@ TABLES = {
     "bench": "bench",
 }
 TOP_LEVEL_KEYS = {"name", "out", "data", *TABLES}
-# Settings the pipeline fills in for every stage, besides the files each reads and writes.
-WIRED_SETTINGS = {"data", "preprocessing", "resume"}
+# Settings the pipeline fills in for every stage, besides the files each reads and writes: the data,
+# and the model code of the teacher (named in [teacher]).
+WIRED_SETTINGS = {"data", "preprocessing", "resume", "teacher_model", "trust_model_code"}
+# Tables whose stage rebuilds a checkpoint of the run: the pipeline names its model code.
+REBUILDS_CHECKPOINT = {"prune", "export"}
 TEACHER_SUFFIXES = (".pt", ".onnx")
+MASKED_LENGTH = 4  # values of ${VAR} this long or longer are not repeated in messages
+# [teacher] with path = FILE takes only these: the code its checkpoint names, or trust in it.
+TEACHER_PATH_KEYS = {"path": str, "model": str, "trust_model_code": bool}
 
 
 def pipeline_keys(table: str) -> set[str]:
-    """The settings of ``table`` that the pipeline sets: the files of its stage, and the data."""
+    """The settings of ``table`` that the pipeline sets: the files of its stage, the data, model code."""
     stage = STAGES[TABLES[table]]
-    return (set(stage.reads) | set(stage.writes) | WIRED_SETTINGS) & set(stage.config.model_fields)
+    wired = WIRED_SETTINGS | ({"model"} if table in REBUILDS_CHECKPOINT else set())
+    return (set(stage.reads) | set(stage.writes) | wired) & set(stage.config.model_fields)
 
 
 @dataclass
@@ -69,8 +77,13 @@ class Recipe:
     out: Path
     data: str
     teacher_path: Path | None  # an existing teacher, or None to train one
+    teacher_code: dict[str, Any]  # for teacher_path: the model code the user names (model), or trust in it
     tables: dict[str, dict[str, Any]]  # table -> settings (only the keys the recipe gives)
     locator: _Locator = field(repr=False)
+
+    def mask(self, message: str) -> str:
+        """``message`` without the values of the recipe's environment variables (see ``_Locator.mask``)."""
+        return self.locator.mask(message)
 
     def has(self, table: str) -> bool:
         return table in self.tables
@@ -122,7 +135,10 @@ def load_recipe(path: str | Path, data: str | None = None, out: str | None = Non
             "name",
             f"name {name!r} must be a plain folder name (letters, digits, . _ -); use out = PATH for another place",
         )
-    out_dir = Path(out) if out else Path(_expand(raw.get("out", f"runs/{name}"), where, None, "out"))
+    out_text = out if out is not None else _expand(raw.get("out", f"runs/{name}"), where, None, "out")
+    if not out_text.strip():
+        raise where.error(None, "out", "out is empty; name the run folder (out = PATH), or leave out out for runs/NAME")
+    out_dir = Path(out_text)
     if out_dir.exists() and not out_dir.is_dir():
         raise where.error(None, "out", f"the run folder {out_dir} exists and is not a folder; choose another out")
     default_data = STAGES["train"].config.model_fields["data"].default
@@ -131,18 +147,23 @@ def load_recipe(path: str | Path, data: str | None = None, out: str | None = Non
 
     teacher_path = None
     teacher = tables.setdefault("teacher", {})
+    teacher_code: dict[str, Any] = {"model": None, "trust_model_code": False}
     if "path" in teacher:
-        others = sorted(set(teacher) - {"path"})
+        others = sorted(set(teacher) - set(TEACHER_PATH_KEYS))
         if others:
             raise where.error(
                 "teacher",
                 others[0],
-                "[teacher] takes either path = FILE (an existing "
-                "teacher) or the settings to train one, not both; remove "
+                "[teacher] takes either path = FILE (an existing teacher, with its model code as model = SPEC "
+                "or trust_model_code = true) or the settings to train one, not both; remove "
                 f"{', '.join(others)} or path",
             )
-        if not isinstance(teacher["path"], str):
-            raise where.error("teacher", "path", f"path must be a string, got {type_word(teacher['path'])}")
+        for key, kind in TEACHER_PATH_KEYS.items():
+            if key in teacher and not isinstance(teacher[key], kind):
+                raise where.error("teacher", key, f"{key} must be {type_word(kind())}, got {type_word(teacher[key])}")
+        if "model" in teacher:
+            teacher_code["model"] = _expand(teacher["model"], where, "teacher", "model")
+        teacher_code["trust_model_code"] = teacher.get("trust_model_code", False)
         teacher_path = Path(_expand(teacher.pop("path"), where, "teacher", "path"))
         if teacher_path.suffix not in TEACHER_SUFFIXES:
             raise where.error(
@@ -163,6 +184,8 @@ def load_recipe(path: str | Path, data: str | None = None, out: str | None = Non
                 "the pipeline can export for the bench; export it to ONNX yourself and "
                 "give path = TEACHER.onnx",
             )
+        if teacher_path.suffix == ".pt":
+            _check_teacher_code(teacher_path, teacher_code, where)
         del tables["teacher"]
     tables.setdefault("student", {})
     tables.setdefault("export", {})
@@ -170,8 +193,35 @@ def load_recipe(path: str | Path, data: str | None = None, out: str | None = Non
     for table, settings in tables.items():
         _check_table(table, settings, where)
     return Recipe(
-        path=path, name=name, out=out_dir, data=data_spec, teacher_path=teacher_path, tables=tables, locator=where
+        path=path,
+        name=name,
+        out=out_dir,
+        data=data_spec,
+        teacher_path=teacher_path,
+        teacher_code=teacher_code,
+        tables=tables,
+        locator=where,
     )
+
+
+def _check_teacher_code(path: Path, code: dict[str, Any], where: _Locator) -> None:
+    """The code a teacher checkpoint names may run (see ``modelspec.check_model_code``), known before
+    any stage starts: the recipe names it in [teacher] (model = SPEC) or trusts the file."""
+    from .artifacts import load_checkpoint
+    from .modelspec import check_model_code
+
+    try:
+        spec = load_checkpoint(path)["model_spec"]
+        check_model_code(
+            spec,
+            path,
+            [code["model"]],
+            code["trust_model_code"],
+            "model = SPEC in [teacher]",
+            "trust_model_code = true",
+        )
+    except CompressError as exc:
+        raise where.error("teacher", "path", str(exc)) from None
 
 
 def _check_table(table: str, settings: dict[str, Any], where: _Locator) -> None:
@@ -204,6 +254,7 @@ def _expand(value: str, where: _Locator, table: str | None, key: str) -> str:
             raise where.error(
                 table, key, f"{key} uses ${{{variable}}}, which is not set; export {variable}=...{alternative}"
             )
+        where.variables[variable] = os.environ[variable]
         return os.environ[variable]
 
     return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lookup, value)
@@ -240,6 +291,16 @@ class _Locator:
 
     def __init__(self, path: Path, text: str):
         self.path, self.lines = path, text.splitlines()
+        self.variables: dict[str, str] = {}  # the environment variables the recipe uses, and their values
+
+    def mask(self, message: str) -> str:
+        """``message`` with the values of the recipe's ``${VAR}`` written as ``${VAR}``: a variable
+        may hold a secret (a token in a path), and errors end up in logs. Values shorter than
+        MASKED_LENGTH are left, as they would mask parts of words and numbers."""
+        for variable, value in sorted(self.variables.items(), key=lambda item: -len(item[1])):
+            if len(value) >= MASKED_LENGTH:
+                message = message.replace(value, f"${{{variable}}}")
+        return message
 
     def line_of(self, table: str | None, key: str) -> int | None:
         current = None
@@ -264,4 +325,4 @@ class _Locator:
     def error(self, table: str | None, key: str, message: str) -> CompressError:
         line = self.line_of(table, key)
         where = f"{self.path}, line {line}" if line else str(self.path)
-        return CompressError(f"recipe {where}: {message}")
+        return CompressError(self.mask(f"recipe {where}: {message}"))

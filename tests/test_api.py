@@ -65,7 +65,7 @@ def test_the_api_says_nothing_unless_logging_is_configured(tmp_path, capsys):
         (lambda: compress.train(out="x.pt", epochs="3"), r"epochs= must be a whole number, got a string '3'"),
         (lambda: compress.train(out="x.onnx"), r"out= must end in .pt, got .x.onnx."),
         (lambda: compress.prune("s.pt", out="p.pt"), r"give exactly one of amount=, target_macs=, target_params="),
-        (lambda: compress.prune("s.pt", out="p.pt", amount=0.5, model="mlp"), r"model= is not a setting"),
+        (lambda: compress.prune("s.pt", out="p.pt", amount=0.5, model_args={}), r"model_args= is not a setting"),
         (lambda: compress.export(out="x.onnx"), r"checkpoint= is required"),
     ],
 )

@@ -99,10 +99,13 @@ def test_runtime_optimisation_levels_pass_parity(student_pt, tmp_path, exporter,
 
 
 def test_transformer_optimizer_fuses_attention(tmp_path_factory):
-    checkpoint = trained(tmp_path_factory, f"{FACTORIES}:tiny_transformer")
+    spec = f"{FACTORIES}:tiny_transformer"
+    checkpoint = trained(tmp_path_factory, spec)
     out = checkpoint.with_suffix(".onnx")
     manifest = export(
-        ExportConfig(checkpoint=str(checkpoint), out=str(out), transformer="bert", num_heads=4, hidden_size=32)
+        ExportConfig(
+            checkpoint=str(checkpoint), model=spec, out=str(out), transformer="bert", num_heads=4, hidden_size=32
+        )
     )
     assert "Attention" in manifest["onnx"]["op_types"]
     assert manifest["parity"]["max_abs_diff"] < 1e-4
@@ -124,15 +127,16 @@ def test_data_dependent_branch_is_caught_by_parity(tmp_path_factory):
     checkpoint = trained(tmp_path_factory, f"{FACTORIES}:branch_on_mean")
     out = checkpoint.with_name("broken.onnx")
     with pytest.raises(CompressError, match="parity check failed at batch size 1"):
-        export(ExportConfig(checkpoint=str(checkpoint), out=str(out), exporter="torchscript"))
+        export(ExportConfig(checkpoint=str(checkpoint), out=str(out), exporter="torchscript", trust_model_code=True))
     assert sorted(p.name for p in out.parent.iterdir()) == ["branch_on_mean.pt", "branch_on_mean.pt.json"]
 
 
 def test_batch_size_baked_in_by_tracing_is_caught(tmp_path_factory):
-    checkpoint = trained(tmp_path_factory, f"{FACTORIES}:fixed_batch_view")
+    spec = f"{FACTORIES}:fixed_batch_view"
+    checkpoint = trained(tmp_path_factory, spec)
     out = checkpoint.with_name("baked.onnx")
     with pytest.raises(CompressError, match="batch axis was fixed during export"):
-        export(ExportConfig(checkpoint=str(checkpoint), out=str(out), exporter="torchscript"))
+        export(ExportConfig(checkpoint=str(checkpoint), model=spec, out=str(out), exporter="torchscript"))
     assert not out.exists() and not manifest_path(out).exists()
 
 

@@ -41,7 +41,7 @@ def test_structured_pruning_removes_channels_and_exports_with_parity(checkpoints
     assert p["after"]["macs"] < 0.6 * p["before"]["macs"] and p["after"]["params"] < p["before"]["params"]
     assert manifest["stage"] == "prune" and manifest["artifact"] == "pruned.pt"
     assert manifest["inputs"][0]["role"] == "checkpoint" and manifest["config"]["out"] == str(out)
-    model = model_from_checkpoint(load_checkpoint(out)).eval()
+    model = model_from_checkpoint(load_checkpoint(out), out).eval()
     assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
     narrower = [name for name, width in p["widths_after"].items() if width < p["widths_before"][name]]
     assert narrower and all(p["widths_after"][name] % 8 == 0 for name in narrower)
@@ -119,7 +119,16 @@ def test_a_model_the_dependency_graph_cannot_follow_is_named(tmp_path):
     )
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(CompressError, match="fails at layer 'fc'.*nothing was written"):
-        prune(PruneConfig(checkpoint=str(checkpoint), out=str(tmp_path / "o.pt"), amount=0.5, epochs=1, device="cpu"))
+        prune(
+            PruneConfig(
+                checkpoint=str(checkpoint),
+                model=f"{factories}:fixed_channel_view",
+                out=str(tmp_path / "o.pt"),
+                amount=0.5,
+                epochs=1,
+                device="cpu",
+            )
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 

@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from compress.artifacts import manifest_path
+from compress.artifacts import manifest_path, sha256_file, write_manifest
 from compress.cli import main
 from compress.errors import CompressError
 from compress.hardware import CpuInfo
@@ -67,6 +67,8 @@ def outlier_mlp_onnx(tmp_path_factory):
     layer["fc1.linear.bias"] -= (50.0 - layer["fc1.linear.weight"][:, 0]) * corner
     layer["fc1.linear.weight"][:, 0] = 50.0
     torch.save(state, checkpoint)
+    manifest = json.loads(manifest_path(checkpoint).read_text())
+    write_manifest(checkpoint, {**manifest, "sha256": sha256_file(checkpoint), "size_bytes": checkpoint.stat().st_size})
     out = folder / "outlier.onnx"
     export(ExportConfig(checkpoint=str(checkpoint), out=str(out), atol=1e-3))
     return out

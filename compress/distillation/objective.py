@@ -178,7 +178,7 @@ def load_matching_teacher(config: DistillConfig, device: torch.device) -> tuple[
     A teacher with a manifest brings its preprocessing, which the student then shares, so
     both see exactly the inputs the teacher was trained on.
     """
-    teacher = load_teacher(config.teacher, device)
+    teacher = load_teacher(config.teacher, device, (config.teacher_model, config.model), config.trust_model_code)
     preprocessing = Preprocessing.from_dict(teacher.preprocessing) if teacher.preprocessing else None
     dataset = load_dataset(config.data, config.val_fraction, config.split_seed, preprocessing)
     if teacher.in_shape is not None and tuple(teacher.in_shape) != tuple(dataset.in_shape):

@@ -103,8 +103,14 @@ class capture_outputs:
         return False
 
 
-def load_teacher(path: str | Path, device: torch.device) -> Teacher:
-    """Load a teacher from a compress checkpoint, a TorchScript/torch.export file or ONNX."""
+def load_teacher(
+    path: str | Path, device: torch.device, named: tuple[str | None, ...] = (), trust: bool = False
+) -> Teacher:
+    """Load a teacher from a compress checkpoint, a TorchScript/torch.export file or ONNX.
+
+    Code a checkpoint names runs only when it is in ``named`` (the specs the user gave) or the user
+    ``trust``s the file, which a ``.pt2`` program also needs: torch.export.load unpickles it in full.
+    """
     path = Path(path)
     if not path.is_file():
         raise CompressError(
@@ -114,6 +120,11 @@ def load_teacher(path: str | Path, device: torch.device) -> Teacher:
     if path.suffix == ".onnx":
         return _load_onnx_teacher(path, manifest, device)
     if path.suffix == ".pt2":
+        if not trust:
+            raise CompressError(
+                f"teacher {path} is a torch.export program, which torch.export.load unpickles in full (that can "
+                "run code); pass --trust-model-code if you trust this file, or export the teacher to ONNX"
+            )
         return _load_exported_teacher(path, manifest, device)
     if _is_torchscript(path):
         with (
@@ -124,7 +135,7 @@ def load_teacher(path: str | Path, device: torch.device) -> Teacher:
             module = torch.jit.load(str(path), map_location=device)
         return Teacher(path, "torchscript", module=module.eval(), manifest=manifest, device=device)
     checkpoint = load_checkpoint(path)
-    module = model_from_checkpoint(checkpoint)
+    module = model_from_checkpoint(checkpoint, path, named, trust, flag="--teacher-model")
     return Teacher(
         path,
         "checkpoint",

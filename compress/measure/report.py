@@ -29,7 +29,7 @@ def write_report(report: dict[str, Any], folder: str | Path) -> list[Path]:
     and one that does not match it (a bug in compress, not the user's doing) raises ``ValueError``
     before anything is written."""
     folder = Path(folder)
-    text = json.dumps(report, indent=2) + "\n"
+    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
     try:
         validate_report_json(text)
     except ValidationError as exc:

@@ -15,10 +15,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from ..artifacts import check_outputs, resume_path
 from ..errors import CompressError
 
 
@@ -64,6 +66,36 @@ class Stage:
     writes: tuple[str, ...] = ("out",)  # fields naming what it writes
     resumable: bool = False  # continues from its last finished epoch with ``resume``
     shortcuts: tuple[Shortcut, ...] = ()
+    folders: tuple[str, ...] = ()  # the fields of ``writes`` that name a folder, not a file
+    preflight: Callable[[Any], None] | None = None  # checks of the machine, before any stage of a run starts
+
+    def check(self, config: StageConfig) -> None:
+        """What can be known before running: the outputs are writable and distinct from the inputs
+        (``artifacts.check_outputs``), the machine has what the stage needs (``preflight``)."""
+        outputs = paths_of(config, self.writes)
+        check_outputs(outputs, paths_of(config, self.reads), self.folders)
+        if self.resumable and resume_path(outputs["out"]).is_dir():
+            state = resume_path(outputs["out"])
+            raise CompressError(f"cannot keep the resume state {state}: a folder is in the way; remove it")
+        if self.preflight is not None:
+            self.preflight(config)
+
+    def execute(self, config: StageConfig) -> dict[str, Any]:
+        """Run the stage once ``check`` passed: what would fail only after all the work fails first."""
+        self.check(config)
+        return self.run(config)
+
+
+def paths_of(config: StageConfig, fields: tuple[str, ...]) -> dict[str, Path]:
+    """setting -> path for the path settings ``fields`` of ``config`` (``models[1]`` for a list's items)."""
+    found: dict[str, Path] = {}
+    for name in fields:
+        value = getattr(config, name)
+        if isinstance(value, list):
+            found.update({f"{name}[{i}]": Path(item) for i, item in enumerate(value)})
+        elif value is not None:
+            found[name] = Path(value)
+    return found
 
 
 def output_suffix(suffix: str) -> Any:

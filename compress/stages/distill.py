@@ -22,8 +22,18 @@ class DistillConfig(TrainConfig):
         description="Teacher: a compress checkpoint (.pt), a TorchScript file, a torch.export "
         "program (.pt2) or an ONNX model (.onnx, logits only)."
     )
+    teacher_model: str | None = Field(
+        None,
+        description="The model code of a teacher checkpoint that is not a zoo model: the file.py:factory or "
+        "module:factory it was trained with (compress runs code a checkpoint names only when you name it).",
+    )
+    trust_model_code: bool = Field(
+        False,
+        description="Run the model code (a file or module, not a zoo name) that a checkpoint names, or the pickled "
+        "contents of a .pt2 program, without naming it yourself: only for files you trust.",
+    )
     temperature: Annotated[float, Cli(flags=("--temperature", "-T"))] = Field(
-        4.0, gt=0, description="Softmax temperature of the soft targets (lower for very small students)."
+        4.0, gt=0, le=100, description="Softmax temperature of the soft targets (lower for very small students)."
     )
     alpha: float = Field(0.9, ge=0, le=1, description="Weight of the teacher term; 1 - alpha goes to the hard labels.")
     loss: Literal["kl", "mse"] = Field("kl", description="kl: soft-target KL scaled by T²; mse: MSE between logits.")
@@ -32,7 +42,7 @@ class DistillConfig(TrainConfig):
         description="FitNets hint: match an intermediate student layer to a teacher layer "
         "through a learned projection (repeatable).",
     )
-    beta: float = Field(1.0, ge=0, description="Weight of each hint loss.")
+    beta: float = Field(1.0, ge=0, le=1000, description="Weight of each hint loss.")
     teacher_cache: Literal["auto", "memory", "disk", "off"] = Field(
         "auto",
         description="Compute teacher outputs once and reuse them every epoch (not with --augment); "
@@ -99,7 +109,10 @@ def list_layers(model: str, options: dict[str, Any]) -> list[str]:
     if Path(model).suffix == ".pt" and Path(model).is_file():
         checkpoint = load_checkpoint(model)
         in_shape = tuple(checkpoint["in_shape"])
-        module = model_from_checkpoint(checkpoint)
+        named = (options.get("teacher_model"), options.get("model"))
+        module = model_from_checkpoint(
+            checkpoint, model, named, bool(options.get("trust_model_code")), flag="--teacher-model"
+        )
     else:
         dataset = load_dataset(options.get("data") or DistillConfig.model_fields["data"].default)
         in_shape = dataset.in_shape

@@ -29,7 +29,7 @@ from ..data import PreprocessingChoice, load_dataset_for
 from ..errors import CompressError, first_line, foreign_errors
 from ..onnx_io import OnnxClassifier, max_runtime_opset, model_info, open_session, quiet
 from .base import Cli, Stage, StageConfig, output_suffix
-from .train import DATA_HELP
+from .train import DATA_HELP, MAX_BATCH, MAX_SAMPLES
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +47,16 @@ PARITY_BATCHES = (1, 7)  # 7: an odd size no one exports with, so a batch axis f
 class ExportConfig(StageConfig):
     checkpoint: Annotated[str, Cli(argument=True)] = Field(description="The compress checkpoint (.pt) to export.")
     out: str = Field(description="ONNX model to write (.onnx); its manifest goes beside it (.onnx.json).")
+    model: str | None = Field(
+        None,
+        description="The checkpoint's model code when it is not a zoo model: the file.py:factory or "
+        "module:factory it was trained with (compress runs code a checkpoint names only when you name it).",
+    )
+    trust_model_code: bool = Field(
+        False,
+        description="Run the model code (a file or module, not a zoo name) that the checkpoint names without "
+        "naming it yourself: only for checkpoints you trust.",
+    )
     data: str | None = Field(
         None, description=f"Samples for the parity check (default: the checkpoint's data): {DATA_HELP}."
     )
@@ -56,18 +66,23 @@ class ExportConfig(StageConfig):
         "`compress quantize --help`).",
     )
     opset: int | None = Field(
-        None, description="ONNX opset (default: the newest the exporter writes and the installed onnxruntime runs)."
+        None,
+        ge=7,  # the oldest onnxruntime runs; the exporter's and the runtime's range is checked when it runs
+        le=99,
+        description="ONNX opset (default: the newest the exporter writes and the installed onnxruntime runs).",
     )
     static_batch: Annotated[int | None, Cli(metavar="N")] = Field(
-        None, ge=1, description="Fix the batch axis to N (default: dynamic)."
+        None, ge=1, le=MAX_BATCH, description="Fix the batch axis to N (default: dynamic)."
     )
     exporter: Literal["dynamo", "torchscript"] = Field(
         "dynamo", description="torch.onnx.export with torch.export (dynamo) or the TorchScript tracer."
     )
     parity: bool = Field(True, description="Compare ONNX Runtime with PyTorch on real samples at batch 1 and 7.")
-    atol: float = Field(1e-4, ge=0, description="Parity: absolute tolerance.")
-    rtol: float = Field(1e-3, ge=0, description="Parity: relative tolerance.")
-    parity_samples: int = Field(63, ge=max(PARITY_BATCHES), description="Parity: test samples compared.")
+    atol: float = Field(1e-4, ge=0, le=1000, description="Parity: absolute tolerance, in the model's output units.")
+    rtol: float = Field(1e-3, ge=0, le=1, description="Parity: relative tolerance (1: 100%).")
+    parity_samples: int = Field(
+        63, ge=max(PARITY_BATCHES), le=MAX_SAMPLES, description="Parity: test samples compared."
+    )
     optimize: Literal["basic", "extended", "all"] | None = Field(
         None,
         description="Save ONNX Runtime's optimised graph as the artifact (all: also hardware-specific "
@@ -77,8 +92,8 @@ class ExportConfig(StageConfig):
         None,
         description="Run onnxruntime.transformers' optimizer (attention/LayerNorm/GELU fusions) for this model type.",
     )
-    num_heads: int = Field(0, ge=0, description="Attention heads, for --transformer (0: detect).")
-    hidden_size: int = Field(0, ge=0, description="Hidden size, for --transformer (0: detect).")
+    num_heads: int = Field(0, ge=0, le=1024, description="Attention heads, for --transformer (0: detect).")
+    hidden_size: int = Field(0, ge=0, le=2**20, description="Hidden size, for --transformer (0: detect).")
 
     _out = output_suffix(".onnx")
 
@@ -109,7 +124,7 @@ def export(config: ExportConfig) -> dict[str, Any]:
     checkpoint = load_checkpoint(config.checkpoint)
     source = read_manifest(config.checkpoint) or {}
     opset = choose_opset(config.opset, config.exporter)
-    model = model_from_checkpoint(checkpoint).eval()
+    model = model_from_checkpoint(checkpoint, config.checkpoint, (config.model,), config.trust_model_code).eval()
     in_shape = tuple(checkpoint["in_shape"])
     input_name = (source.get("input_spec") or {}).get("name", "input")
     output_name = (source.get("output_spec") or {}).get("name", "logits")

@@ -24,7 +24,7 @@ from ..artifacts import input_record, load_checkpoint, manifest_path, read_manif
 from ..errors import CompressError
 from .base import Cli, Stage
 from .distill import DistillConfig
-from .train import DATA_HELP
+from .train import DATA_HELP, MAX_EPOCHS
 
 TARGET_STEP = 0.2  # fraction of the remaining channels removed per step when a target is set
 log = logging.getLogger(__name__).info
@@ -35,7 +35,11 @@ class PruneConfig(DistillConfig):
 
     checkpoint: Annotated[str, Cli(argument=True)] = Field(description="The compress checkpoint (.pt) to prune.")
     # the model pruned is the checkpoint's: its spec and arguments come from there
-    model: Annotated[str, Cli(hidden=True)] = ""
+    model: str | None = Field(
+        None,
+        description="The checkpoint's model code when it is not a zoo model: the file.py:factory or "
+        "module:factory it was trained with (compress runs code a checkpoint names only when you name it).",
+    )
     model_args: Annotated[dict[str, Any], Cli(hidden=True)] = Field(default_factory=dict)
     out: str = Field(description="Pruned checkpoint to write (.pt); its manifest goes beside it (.pt.json).")
     data: str | None = Field(None, description=f"Data for the recovery (default: the checkpoint's): {DATA_HELP}.")
@@ -54,15 +58,18 @@ class PruneConfig(DistillConfig):
         "l2", description="Which channels go: smallest weight norm (l1/l2) or smallest weight x gradient (taylor)."
     )
     round_to: int = Field(
-        8, ge=1, description="Keep channel counts a multiple of this (odd widths can be slower than unpruned ones)."
+        8,
+        ge=1,
+        le=1024,
+        description="Keep channel counts a multiple of this (odd widths can be slower than unpruned ones).",
     )
     unstructured: bool = Field(
         False,
         description="Zero the smallest weights instead of removing channels "
         "(sparsity only: no faster on ONNX Runtime's CPU provider).",
     )
-    epochs: int = Field(3, ge=1, description="Recovery epochs after each pruning step.")
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate of the recovery.")
+    epochs: int = Field(3, ge=1, le=MAX_EPOCHS, description="Recovery epochs after each pruning step.")
+    lr: float = Field(1e-3, gt=0, le=10, description="Peak learning rate of the recovery.")
 
     @model_validator(mode="after")
     def _one_target(self) -> PruneConfig:
@@ -85,6 +92,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
     from ..pruning import make_pruner, prune_step, prune_unstructured, recover, size_of, target_reached, widths_of
 
     source = load_checkpoint(config.checkpoint)
+    model = model_from_checkpoint(source, config.checkpoint, (config.model,), config.trust_model_code).eval()
     source_manifest = read_manifest(config.checkpoint) or {}
     data = config.data or (source_manifest.get("data") or {}).get("spec")
     if not data:
@@ -113,7 +121,6 @@ def prune(config: PruneConfig) -> dict[str, Any]:
         )
     # loaded once for every recovery step; the data carries the teacher's preprocessing
     teacher, recovery_data = load_matching_teacher(config, device)
-    model = model_from_checkpoint(source).eval()
     example = torch.from_numpy(dataset.x_train[:2])
     x_test, y_test = torch.from_numpy(dataset.x_test), torch.from_numpy(dataset.y_test)
     before = {**size_of(model, example), "test_accuracy": accuracy(model, x_test, y_test)}
@@ -170,7 +177,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
             "before": before,
             "after": {**size_of(model, example), "test_accuracy": steps[-1]["test_accuracy_recovered"]},
             "steps": steps,
-            "widths_before": widths_of(model_from_checkpoint(source)),
+            "widths_before": widths_of(model_from_checkpoint(source, config.checkpoint, trust=True)),
             "widths_after": widths_of(model),
             "note": (
                 "zeroed weights keep the dense shape: the ONNX model is no faster and no smaller "
