@@ -122,9 +122,16 @@ def test_manifest_carries_the_fp32_models_facts(mlp_onnx, tmp_path):
     assert manifest["quantization"]["cpu"]["architecture"]
 
 
+def test_a_model_that_naive_int8_destroys_is_narrowed_within_the_default_budget(outlier_mlp_onnx, tmp_path):
+    manifest = quantize(config(outlier_mlp_onnx, tmp_path))
+    q, metrics = manifest["quantization"], manifest["metrics"]
+    assert q["judged"][0]["loss_points"] > 5 and q["judged"][0]["float_nodes"] == 0  # naive int8: destroyed
+    assert q["op_types"] == list(quantize_module.COMPUTE_OPS) and q["budget_points"] == 1.0
+    assert not q["over_budget"] and metrics["accuracy_drop_points"] <= 1.0 and q["excluded_nodes"]
+    assert metrics["fidelity"]["top1_agreement"] > 0.95 and metrics["fidelity"]["split"] == "val"
+
+
 def test_tight_budget_keeps_sensitive_nodes_in_float_and_is_met(outlier_mlp_onnx, tmp_path):
-    plain = quantize(config(outlier_mlp_onnx, tmp_path))
-    assert plain["metrics"]["accuracy_drop_points"] > 5
     manifest = quantize(config(outlier_mlp_onnx, tmp_path, max_accuracy_drop=0.5))
     q, metrics = manifest["quantization"], manifest["metrics"]
     assert not q["over_budget"] and metrics["accuracy_drop_points"] <= 0.5
@@ -142,7 +149,7 @@ def test_budget_out_of_reach_is_an_error_unless_allowed(outlier_mlp_onnx, tmp_pa
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     captured = capsys.readouterr()
-    assert exit_info.value.code == 2 and "misses the accuracy budget" in captured.err
+    assert exit_info.value.code == 2 and "misses the fidelity budget" in captured.err
     error_lines = [line for line in captured.err.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1 and "nothing written" in error_lines[0]
     assert not out.exists() and not manifest_path(out).exists()
@@ -156,7 +163,7 @@ def test_search_keeps_the_fastest_setting_within_budget(mlp_onnx, tmp_path):
     records = manifest["quantization"]["search"]
     assert len(records) == len(search_space(choose_settings(config(mlp_onnx, tmp_path), X86_VNNI), X86_VNNI))
     assert all(r["accuracy"] is not None and r["p50_ms"] > 0 for r in records)
-    within = [r for r in records if r["accuracy_drop_points"] <= 1.0]
+    within = [r for r in records if r["loss_points"] <= 1.0]
     fastest = max(within, key=lambda r: r["speedup"])
     q = manifest["quantization"]
     chosen = next(

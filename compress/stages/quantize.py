@@ -4,8 +4,11 @@ The quantization itself is ONNX Runtime's (``quant_pre_process``, ``quantize_sta
 ``quantize_dynamic``). What compress adds around it:
 
 * types chosen for the CPU at hand, with the reason stated;
-* an accuracy budget: nodes whose quantization hurts most are kept in float, greedily, until
-  the int8 model is within ``max_accuracy_drop`` points of the fp32 one on the validation split;
+* fidelity, always: int8 against fp32 on held-out samples (the validation split, or synthetic inputs
+  when there is no data) — accuracy points lost when there are labels, else top-1 disagreements
+  (and cosine, relative L2, max abs difference) — within a budget (``max_accuracy_drop``, default
+  1 point). Over budget the quantization narrows: only Conv/MatMul/Gemm quantized, then the nodes
+  whose quantization hurts most kept in float, greedily; a model that still misses it is not written;
 * ``search``: every sensible setting quantized, its accuracy measured and its latency timed in
   rounds alternating with fp32, the one with the best speed-up within budget kept;
 * an honest timing of fp32 against int8 afterwards, with the likely cause when int8 is not faster.
@@ -13,10 +16,11 @@ The quantization itself is ONNX Runtime's (``quant_pre_process``, ``quantize_sta
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -36,9 +40,12 @@ from ..artifacts import (
 from ..data import Dataset, PreprocessingChoice, load_dataset_for
 from ..errors import CompressError, first_line
 from ..hardware import CpuInfo, cpu_info
+from ..measure.fidelity import accuracy as accuracy_of_outputs
+from ..measure.fidelity import compare_outputs
 from ..measure.latency import compare
 from ..onnx_io import OnnxClassifier, load_classifier, model_info, open_session, quiet
 from .base import Cli, Stage, StageConfig, output_suffix
+from .export import EXTERNAL_DATA_THRESHOLD_BYTES
 from .train import DATA_HELP, MAX_BATCH, MAX_SAMPLES, MAX_SEED, MAX_THREADS
 
 # The ops whose int8 kernels make the speed; a node of these types is what the accuracy loop keeps in float.
@@ -46,8 +53,11 @@ COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 logger = logging.getLogger(__name__)
 log = logger.info
 
-SEARCH_DEFAULT_BUDGET = 1.0  # accuracy points, when --search is given without --max-accuracy-drop
-SENSITIVITY_SAMPLES = 512  # validation samples that rank the nodes by quantization error
+# Fidelity budget without --max-accuracy-drop: accuracy points lost (labels), else top-1 disagreements in
+# points (or, for outputs without classes, the relative L2 error in percent).
+DEFAULT_BUDGET_POINTS = 1.0
+SENSITIVITY_SAMPLES = 512  # held-out samples that rank the nodes by quantization error
+SYNTHETIC_SAMPLES = 1000  # inputs drawn from the signature when there is no data (one is 0.1 points)
 NOT_FASTER_RATIO = 1.05  # int8 below this speed-up counts as "not faster"
 
 
@@ -86,8 +96,9 @@ class QuantizeConfig(StageConfig):
         None,
         ge=0,
         lt=100,
-        description="Accuracy budget against fp32 on the validation split, in points: keep "
-        "the most sensitive nodes in float until it is met.",
+        description="Fidelity budget against fp32 on held-out samples, in points: accuracy lost with labels, "
+        "else top-1 disagreements (default 1). Over it, only Conv/MatMul/Gemm are quantized, then the "
+        "most sensitive nodes kept in float, until it is met.",
     )
     allow_over_budget: bool = Field(
         False, description="Write the model even when the budget cannot be met (else: exit 2, nothing written)."
@@ -124,20 +135,23 @@ class Settings:
     reduce_range: bool
     calibration: str
     reasons: tuple[str, ...] = ()
+    op_types: tuple[str, ...] | None = None  # the op types quantized (None: every one onnxruntime can)
 
     @property
     def label(self) -> str:
+        only = f" ({'/'.join(self.op_types)} only)" if self.op_types else ""
         if self.mode == "dynamic":
-            return f"dynamic {self.weight_type} weights{' per-channel' if self.per_channel else ''}"
+            return f"dynamic {self.weight_type} weights{' per-channel' if self.per_channel else ''}{only}"
         return (
             f"static {self.format.upper() if self.format == 'qdq' else 'QOperator'} "
             f"{self.activation_type}{self.weight_type}{' per-channel' if self.per_channel else ''}"
-            f" {self.calibration}"
+            f" {self.calibration}{only}"
         )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["reasons"] = list(self.reasons)
+        d["op_types"] = list(self.op_types) if self.op_types else None
         return d
 
 
@@ -147,6 +161,8 @@ class Candidate:
     path: Path
     excluded: list[str] = field(default_factory=list)
     accuracy: float | None = None
+    loss: float = 0.0  # points against fp32: accuracy lost, or top-1 disagreements (see Judge)
+    fidelity: dict | None = None  # compare_outputs against fp32 on the held-out samples
     latency: dict | None = None
     speedup: tuple[float, float, float] | None = None
 
@@ -284,9 +300,9 @@ class Quantizer:
             per_channel=settings.per_channel,
             reduce_range=settings.reduce_range,
             weight_type=types[settings.weight_type],
-            op_types_to_quantize=None,
-            nodes_to_exclude=list(exclude),
-            nodes_to_quantize=only,
+            op_types_to_quantize=list(settings.op_types) if settings.op_types else None,
+            nodes_to_exclude=_with_split_names(exclude),
+            nodes_to_quantize=_with_split_names(only) if only is not None else None,
         )
         try:
             with quiet():
@@ -322,6 +338,12 @@ class Quantizer:
         return out
 
 
+def _with_split_names(nodes: list[str]) -> list[str]:
+    """Node names as onnxruntime's quantizer matches them: dynamic quantization first splits a Gemm
+    into MatMul + Add and names the MatMul ``NAME_MatMul``, so a Gemm is named both ways."""
+    return [*nodes, *(f"{name}_MatMul" for name in nodes)]
+
+
 def quantize(config: QuantizeConfig) -> dict[str, Any]:
     """Quantize ``config.model`` to ``config.out`` (with manifest); return the manifest.
 
@@ -330,59 +352,47 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
     """
     float_runner = load_classifier(config.model, role="model")
     source = read_manifest(config.model) or {}
-    needs_data = config.mode == "static" or config.search or config.max_accuracy_drop is not None
-    dataset = _dataset(config, source, float_runner, needs_data)
+    dataset = _dataset(config, source, float_runner, needed=config.mode == "static" or config.search)
     cpu = cpu_info()
     base = choose_settings(config, cpu)
-    budget = config.max_accuracy_drop
-    if config.search and budget is None:
-        budget = SEARCH_DEFAULT_BUDGET
-    eval_x, eval_y, eval_split = _evaluation_split(dataset)
+    budget = DEFAULT_BUDGET_POINTS if config.max_accuracy_drop is None else config.max_accuracy_drop
     timing_input = _timing_input(float_runner, dataset, config.batch_size)
     float_runner.run(timing_input)  # one run before any work: a model that fails or gives no (N, C) logits stops here
+    judge = Judge(float_runner, *_held_out(float_runner, dataset, config.seed))
+    if judge.resolution > budget:
+        logger.warning(
+            f"{len(judge.x)} {judge.split} samples judge int8: one of them is {judge.resolution:.2f} points, more "
+            f"than the budget of {budget}, so int8 must match fp32 on every one; give more data or a larger "
+            "--max-accuracy-drop"
+        )
 
     out = Path(config.out)
     with staging_dir(out) as workdir:
         float_path, preprocess_note = _preprocess(Path(config.model), workdir, config.preprocess)
         calibration = _calibration_samples(dataset, config) if dataset is not None else None
         quantizer = Quantizer(float_path, workdir, float_runner.input_name, calibration, float_runner.fixed_batch or 32)
-        float_accuracy = float_runner.accuracy(eval_x, eval_y) if eval_x is not None else None
-        accuracy_of = _accuracy_meter(eval_x, eval_y)
-
-        def drop(candidate: Candidate) -> float:
-            return _drop(float_accuracy, candidate.accuracy)
 
         candidates: list[Candidate] = []
         chosen: Candidate | None = None
         if config.search:
-            candidates = _search(quantizer, search_space(base, cpu), accuracy_of, timing_input, config)
-            within = [c for c in candidates if drop(c) <= budget]
-            chosen = _pick(within, base)
+            candidates = _search(quantizer, search_space(base, cpu), judge, timing_input, config)
+            chosen = _pick([c for c in candidates if c.loss <= budget], base)
             if chosen is None:
-                log(
-                    f"search: no setting is within {budget} points; keeping the most sensitive "
-                    "nodes in float for the default setting"
-                )
+                log(f"search: no setting is within {budget} points; narrowing the default setting")
         if chosen is None:
-            chosen = Candidate(base, quantizer.quantize(base))
-            chosen.accuracy = accuracy_of(chosen.path)
-
+            chosen = judge(Candidate(base, quantizer.quantize(base)))
         sensitivity = None
-        if budget is not None and drop(chosen) > budget:
-            log(
-                f"{chosen.settings.label}: accuracy drop {drop(chosen):.2f} points is over the "
-                f"budget of {budget}; ranking nodes by quantization error"
-            )
-            sensitivity = _rank_nodes(quantizer, chosen.settings, float_runner, float_path, eval_x)
-            chosen = _exclude_until_within(quantizer, chosen, sensitivity, float_accuracy, budget, accuracy_of)
-        over_budget = budget is not None and drop(chosen) > budget
+        if chosen.loss > budget:
+            chosen, sensitivity = _narrow(quantizer, chosen, judge, budget)
+        over_budget = chosen.loss > budget
         if over_budget and not config.allow_over_budget:
             raise CompressError(
-                f"int8 misses the accuracy budget: {drop(chosen):.2f} points below fp32 "
-                f"({_pct(chosen.accuracy)} against {_pct(float_accuracy)} on {eval_split}) with "
-                f"{len(chosen.excluded)} nodes kept in float, budget {budget}; nothing written — "
+                f"int8 misses the fidelity budget: {judge.describe(chosen)} with only Conv/MatMul/Gemm quantized "
+                f"and {len(chosen.excluded)} of them kept in float, budget {budget} points; nothing written — "
                 "raise --max-accuracy-drop, or pass --allow-over-budget to keep this model"
             )
+        if over_budget:
+            logger.warning(f"int8 is over the fidelity budget ({judge.describe(chosen)}); written as asked")
 
         # a copy: the search figures of the chosen candidate stay as they were measured
         speed = _time_candidates(config.model, [replace(chosen)], timing_input, config)
@@ -414,14 +424,23 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
             "over_budget": over_budget,
             "coverage": coverage,
             "sensitivity": sensitivity,
-            "search": [_candidate_record(c, float_accuracy) for c in candidates] or None,
+            "search": [_candidate_record(c) for c in candidates] or None,
+            "judged": judge.judged,
         }
         int8_info = model_info(staged)
         manifest["metrics"] = {
-            "accuracy_split": eval_split,
-            "float_accuracy": float_accuracy,
+            "accuracy_split": judge.split if judge.y is not None else None,
+            "float_accuracy": judge.float_accuracy,
             "accuracy": chosen.accuracy,
-            "accuracy_drop_points": drop(chosen) if float_accuracy is not None else None,
+            "accuracy_drop_points": chosen.loss if judge.y is not None else None,
+            "fidelity": {
+                **chosen.fidelity,
+                "split": judge.split,
+                "measure": judge.measure,
+                "loss_points": chosen.loss,
+                "budget_points": budget,
+                "resolution_points": judge.resolution,
+            },
             "float_size_bytes": model_info(config.model)["size_bytes"],
             "size_bytes": int8_info["size_bytes"],
             "latency": speed,
@@ -456,20 +475,15 @@ def _pick(within: list[Candidate], base: Settings) -> Candidate | None:
 
 
 def _search(
-    quantizer: Quantizer,
-    space: list[Settings],
-    accuracy_of: Callable[[Path], float | None],
-    timing_input: np.ndarray,
-    config: QuantizeConfig,
+    quantizer: Quantizer, space: list[Settings], judge: Judge, timing_input: np.ndarray, config: QuantizeConfig
 ) -> list[Candidate]:
-    """Every setting of ``space`` quantized, its accuracy measured, each timed beside fp32."""
+    """Every setting of ``space`` quantized, judged against fp32, each timed beside fp32."""
     log(f"search: trying {len(space)} settings")
     candidates = []
     for settings in space:
-        candidate = Candidate(settings, quantizer.quantize(settings))
-        candidate.accuracy = accuracy_of(candidate.path)
+        candidate = judge(Candidate(settings, quantizer.quantize(settings)))
         candidates.append(candidate)
-        log(f"  {settings.label}: accuracy {_pct(candidate.accuracy)}")
+        log(f"  {settings.label}: {judge.describe(candidate)}")
     _time_candidates(config.model, candidates, timing_input, config, rounds=3)
     return candidates
 
@@ -478,10 +492,63 @@ def _pct(accuracy: float | None) -> str:
     return "n/a" if accuracy is None else f"{100 * accuracy:.2f}%"
 
 
-def _drop(float_accuracy: float | None, accuracy: float | None) -> float:
-    if float_accuracy is None or accuracy is None:
-        return 0.0
-    return 100 * (float_accuracy - accuracy)
+class Judge:
+    """Judges a quantized model against fp32 on the held-out samples: the accuracy points it loses when
+    there are labels, else the top-1 disagreements in points (the relative L2 error in percent for
+    outputs without classes); the other fidelity figures are recorded either way."""
+
+    def __init__(self, float_runner: OnnxClassifier, x: np.ndarray, y: np.ndarray | None, split: str):
+        self.x, self.y, self.split = x, y, split
+        self.judged: list[dict[str, Any]] = []  # every candidate judged, in order: what was tried
+        self.reference = float_runner.predict(x)
+        self.float_accuracy = accuracy_of_outputs(self.reference, y) if y is not None else None
+        if y is not None:
+            self.measure = "accuracy points lost"
+        elif self.reference.shape[1] > 1:
+            self.measure = "top-1 disagreements in points"
+        else:
+            self.measure = "relative L2 error in percent"
+
+    @property
+    def resolution(self) -> float:
+        """What one sample is worth, in points."""
+        return 100 / len(self.x)
+
+    def outputs(self, path: Path, x: np.ndarray) -> np.ndarray:
+        return OnnxClassifier(open_session(path, role="quantized model"), "the quantized model").predict(x)
+
+    def __call__(self, candidate: Candidate) -> Candidate:
+        """``candidate`` with its accuracy, fidelity and loss filled in."""
+        outputs = self.outputs(candidate.path, self.x)
+        candidate.fidelity = compare_outputs(self.reference, outputs)
+        if self.y is not None:
+            candidate.accuracy = accuracy_of_outputs(outputs, self.y)
+            candidate.loss = 100 * (self.float_accuracy - candidate.accuracy)
+        elif candidate.fidelity["top1_agreement"] is not None:
+            candidate.loss = 100 * (1 - candidate.fidelity["top1_agreement"])
+        else:
+            candidate.loss = 100 * candidate.fidelity["relative_l2"]
+        self.judged.append(
+            {
+                "settings": candidate.settings.label,
+                "float_nodes": len(candidate.excluded),
+                "loss_points": candidate.loss,
+            }
+        )
+        return candidate
+
+    def describe(self, candidate: Candidate) -> str:
+        if self.y is not None:
+            return (
+                f"accuracy {_pct(self.float_accuracy)} -> {_pct(candidate.accuracy)} on {self.split} "
+                f"(drop {candidate.loss:.2f} points)"
+            )
+        agreement = candidate.fidelity["top1_agreement"]
+        shown = f"top-1 agreement {_pct(agreement)}, " if agreement is not None else ""
+        return (
+            f"{shown}relative L2 {candidate.fidelity['relative_l2']:.4f}, cosine {candidate.fidelity['cosine']:.4f} "
+            f"on {len(self.x)} {self.split} samples ({candidate.loss:.2f} points)"
+        )
 
 
 def _dataset(config: QuantizeConfig, source: dict, runner: OnnxClassifier, needed: bool) -> Dataset | None:
@@ -498,13 +565,21 @@ def _dataset(config: QuantizeConfig, source: dict, runner: OnnxClassifier, neede
     return dataset
 
 
-def _evaluation_split(dataset: Dataset | None) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
-    """Accuracy is compared on the validation split, so the test split stays unseen by decisions."""
-    if dataset is None:
-        return None, None, None
-    if len(dataset.y_val):
+def _held_out(runner: OnnxClassifier, dataset: Dataset | None, seed: int) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """The samples int8 is judged on, their labels and what they are: the validation split (the test
+    split stays unseen by decisions), else the test split, else — without data — standard-normal
+    inputs of the model's sample shape, which show whether the outputs moved but not accuracy."""
+    if dataset is not None and len(dataset.y_val):
         return dataset.x_val, dataset.y_val, "val"
-    return dataset.x_test, dataset.y_test, "test"
+    if dataset is not None:
+        return dataset.x_test, dataset.y_test, "test"
+    shape = runner.sample_shape
+    if shape is None:
+        raise CompressError(
+            f"{runner.name} has symbolic sample dimensions; pass --data so int8 can be judged against fp32 on real samples"
+        )
+    x = np.random.default_rng(seed).standard_normal((SYNTHETIC_SAMPLES, *shape)).astype(np.float32)
+    return x, None, "synthetic"
 
 
 def _calibration_samples(dataset: Dataset, config: QuantizeConfig) -> np.ndarray:
@@ -527,28 +602,62 @@ def _timing_input(runner: OnnxClassifier, dataset: Dataset | None, batch: int) -
     return np.ascontiguousarray(x[np.arange(batch) % len(x)])
 
 
-def _accuracy_meter(x: np.ndarray | None, y: np.ndarray | None) -> Callable[[Path], float | None]:
-    def accuracy(path: Path) -> float | None:
-        if x is None:
-            return None
-        return OnnxClassifier(open_session(path, role="quantized model"), "the quantized model").accuracy(x, y)
-
-    return accuracy
-
-
 def _preprocess(path: Path, workdir: Path, enabled: bool) -> tuple[Path, str]:
-    """ONNX Runtime's quant_pre_process: symbolic shape inference and graph optimisation."""
+    """ONNX Runtime's quant_pre_process (symbolic shape inference, graph optimisation), run inside the
+    staging folder: when shape inference fails it saves the model there (``sym_shape_infer_temp.onnx``
+    and its weights), not in the user's working folder. Graphs that defeat symbolic shape inference
+    (exported from other frameworks) are tried again without it, since the optimisation alone still
+    lets more of the graph fuse into int8 kernels."""
     if not enabled:
-        return path, "skipped (--no-preprocess)"
+        return _without_recorded_shapes(path, workdir), "skipped (--no-preprocess)"
     from onnxruntime.quantization import quant_pre_process
 
     out = workdir / "preprocessed.onnx"
+    failures = []
+    for skip_symbolic_shape in (False, True):
+        try:
+            with quiet(), _inside(workdir):
+                quant_pre_process(str(path.resolve()), str(out.resolve()), skip_symbolic_shape=skip_symbolic_shape)
+        except Exception as exc:  # onnxruntime's tools raise plain exceptions
+            failures.append(first_line(exc, 100))
+            continue
+        if not skip_symbolic_shape:
+            return out, "quant_pre_process"
+        note = f"quant_pre_process without symbolic shape inference (it failed: {failures[0]})"
+        log(f"preprocessing: {note}")
+        return _without_recorded_shapes(out, workdir), note
+    note = f"quant_pre_process failed ({failures[-1]}); quantized as exported"
+    logger.warning(
+        f"{note}: without inferred shapes and fusions, fewer ops run in int8 and the int8 model can come out "
+        "larger or slower (see the timing below)"
+    )
+    return _without_recorded_shapes(path, workdir), note
+
+
+def _without_recorded_shapes(path: Path, workdir: Path) -> Path:
+    """A copy of the model without the intermediate shapes its exporter recorded (``value_info``).
+
+    Symbolic shape inference rewrites them; without it, onnxruntime's quantizer re-infers shapes
+    after splitting a Gemm into MatMul + Add and trips over the recorded ones. They are hints only.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.graph.value_info[:]
+    out = workdir / "unshaped.onnx"
+    onnx.save(model, str(out), save_as_external_data=model.ByteSize() > EXTERNAL_DATA_THRESHOLD_BYTES)
+    return out
+
+
+@contextlib.contextmanager
+def _inside(folder: Path) -> Iterator[None]:
+    """Work inside ``folder`` (for tools that write into the current folder), then go back."""
+    before = Path.cwd()
+    os.chdir(folder)
     try:
-        with quiet():
-            quant_pre_process(str(path), str(out))
-        return out, "quant_pre_process"
-    except Exception as exc:  # some graphs defeat symbolic shape inference: quantize as exported
-        return path, f"quant_pre_process failed ({first_line(exc, 100)}); quantized as exported"
+        yield
+    finally:
+        os.chdir(before)
 
 
 def _quantizable_nodes(path: Path) -> list[str]:
@@ -558,23 +667,38 @@ def _quantizable_nodes(path: Path) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in COMPUTE_OPS and n.name]
 
 
-def _rank_nodes(
-    quantizer: Quantizer, settings: Settings, float_runner: OnnxClassifier, float_path: Path, x: np.ndarray
-) -> list[dict[str, Any]]:
-    """Quantize one node at a time; rank nodes by the relative error they cause in the logits."""
-    x = x[:SENSITIVITY_SAMPLES]
-    reference = float_runner.predict(x)
+def _narrow(quantizer: Quantizer, chosen: Candidate, judge: Judge, budget: float) -> tuple[Candidate, list | None]:
+    """Over budget: quantize only the compute ops (Conv/MatMul/Gemm), then keep their most sensitive
+    nodes in float one at a time; the first within budget is kept (the most int8 of those tried),
+    else the most faithful. Returns it and the sensitivity ranking, if one was made."""
+    log(f"{chosen.settings.label}: {judge.describe(chosen)}, over the budget of {budget}; quantizing only compute ops")
+    compute = replace(chosen.settings, op_types=COMPUTE_OPS)
+    narrowed = judge(Candidate(compute, quantizer.quantize(compute)))
+    log(f"  {compute.label}: {judge.describe(narrowed)}")
+    if narrowed.loss <= budget:
+        return narrowed, None
+    log("  still over budget; ranking the compute nodes by quantization error")
+    ranking = _rank_nodes(quantizer, compute, judge)
+    found = _exclude_until_within(quantizer, narrowed, ranking, budget, judge)
+    if found.loss <= budget:
+        return found, ranking
+    return min((chosen, narrowed, found), key=lambda c: c.loss), ranking
+
+
+def _rank_nodes(quantizer: Quantizer, settings: Settings, judge: Judge) -> list[dict[str, Any]]:
+    """Quantize one compute node at a time; rank nodes by the relative error they cause in the outputs."""
+    x, reference = judge.x[:SENSITIVITY_SAMPLES], judge.reference[:SENSITIVITY_SAMPLES]
     scale = float(np.mean(reference.astype(np.float64) ** 2)) or 1.0
     ranking = []
-    for name in _quantizable_nodes(float_path):
+    for name in _quantizable_nodes(quantizer.float_path):
         path = quantizer.quantize(settings, only=[name])
-        logits = OnnxClassifier(open_session(path, role="quantized model"), "the quantized model").predict(x)
-        error = float(np.mean((logits.astype(np.float64) - reference) ** 2)) / scale
+        outputs = judge.outputs(path, x)
+        found = compare_outputs(reference, outputs)
         ranking.append(
             {
                 "node": name,
-                "relative_mse": error,
-                "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
+                "relative_mse": float(np.mean((outputs.astype(np.float64) - reference) ** 2)) / scale,
+                "top1_agreement": found["top1_agreement"],
             }
         )
         path.unlink()
@@ -582,27 +706,18 @@ def _rank_nodes(
 
 
 def _exclude_until_within(
-    quantizer: Quantizer,
-    chosen: Candidate,
-    ranking: list[dict],
-    float_accuracy: float,
-    budget: float,
-    accuracy_of: Callable[[Path], float | None],
+    quantizer: Quantizer, start: Candidate, ranking: list[dict], budget: float, judge: Judge
 ) -> Candidate:
-    """Keep the most sensitive nodes in float, one more at a time, until the budget is met."""
-    excluded: list[str] = []
-    best = chosen
+    """From ``start``, keep the most sensitive nodes in float, one more at a time, until the budget is
+    met; else the most faithful candidate tried."""
+    settings, excluded, best = start.settings, [], start
     for entry in ranking:
         excluded.append(entry["node"])
-        candidate = Candidate(
-            chosen.settings, quantizer.quantize(chosen.settings, exclude=excluded), excluded=list(excluded)
-        )
-        candidate.accuracy = accuracy_of(candidate.path)
-        drop = _drop(float_accuracy, candidate.accuracy)
-        log(f"  float: {', '.join(excluded)} -> accuracy {_pct(candidate.accuracy)}, drop {drop:.2f} points")
-        if candidate.accuracy >= best.accuracy:
+        candidate = judge(Candidate(settings, quantizer.quantize(settings, exclude=excluded), excluded=list(excluded)))
+        log(f"  float: {', '.join(excluded)} -> {judge.describe(candidate)}")
+        if candidate.loss < best.loss:
             best = candidate
-        if drop <= budget:
+        if candidate.loss <= budget:
             return candidate
     return best
 
@@ -696,7 +811,7 @@ def _int8_coverage(path: Path) -> dict[str, int]:
     return {"int8_compute": int8, "float_compute": float_compute, "conversions": conversions}
 
 
-def _candidate_record(c: Candidate, float_accuracy: float | None) -> dict[str, Any]:
+def _candidate_record(c: Candidate) -> dict[str, Any]:
     return {
         "settings": c.settings.label,
         "mode": c.settings.mode,
@@ -705,7 +820,8 @@ def _candidate_record(c: Candidate, float_accuracy: float | None) -> dict[str, A
         "weight_type": c.settings.weight_type,
         "per_channel": c.settings.per_channel,
         "accuracy": c.accuracy,
-        "accuracy_drop_points": _drop(float_accuracy, c.accuracy),
+        "loss_points": c.loss,
+        "top1_agreement": c.fidelity["top1_agreement"],
         "p50_ms": c.latency["p50_ms"] if c.latency else None,
         "speedup": c.speedup[0] if c.speedup else None,
         "speedup_range": [c.speedup[1], c.speedup[2]] if c.speedup else None,
@@ -733,6 +849,15 @@ def summary(manifest: dict[str, Any]) -> list[str]:
             f"accuracy ({m['accuracy_split']}): fp32 {100 * m['float_accuracy']:.2f}% -> int8 "
             f"{100 * m['accuracy']:.2f}% (drop {m['accuracy_drop_points']:.2f} points)"
         )
+    f = m["fidelity"]
+    agreement = "" if f["top1_agreement"] is None else f"top-1 agreement {100 * f['top1_agreement']:.2f}%, "
+    lines.append(
+        f"fidelity ({f['samples']} {f['split']} samples): {agreement}cosine {f['cosine']:.4f}, relative L2 "
+        f"{f['relative_l2']:.4f}, max abs diff {f['max_abs_diff']:.3g}; {f['loss_points']:.2f} {f['measure']}, "
+        f"budget {f['budget_points']}"
+    )
+    if f["split"] == "synthetic":
+        lines.append("accuracy not measured: no data, so int8 was judged on random inputs only (pass --data)")
     lat = m["latency"]
     lines.append(
         f"latency (batch {lat['batch_size']}, p50): fp32 {lat['float']['p50_ms']:.3f} ms -> int8 "

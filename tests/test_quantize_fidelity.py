@@ -1,0 +1,97 @@
+"""Every quantize run judges int8 against fp32, narrows what it quantizes when over budget, and never
+writes a destroyed model; onnxruntime's preprocessing stays inside the staging folder."""
+
+import logging
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from compress.artifacts import manifest_path
+from compress.stages import quantize as quantize_module
+from compress.stages.export import ExportConfig, export
+from compress.stages.quantize import COMPUTE_OPS, QuantizeConfig, quantize, summary
+from compress.stages.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def softmax_headed(tmp_path_factory):
+    """A classifier ending in a flat Softmax (probabilities close together, as many exported models
+    have): int8 of the Softmax output rounds them into ties, so naive int8 changes the top-1 class."""
+    folder = tmp_path_factory.mktemp("softmax")
+    train(TrainConfig(model="mlp", model_args={"hidden": [64]}, data="digits", out=str(folder / "m.pt"), epochs=3))
+    export(ExportConfig(checkpoint=str(folder / "m.pt"), out=str(folder / "m.onnx")))
+    model = onnx.load(str(folder / "m.onnx"))
+    graph = model.graph
+    logits = graph.output[0].name
+    graph.initializer.append(numpy_helper.from_array(np.array(0.05, np.float32), "flatten"))
+    graph.node.append(helper.make_node("Mul", [logits, "flatten"], ["scaled"], name="scale"))
+    graph.node.append(helper.make_node("Softmax", ["scaled"], ["probs"], axis=1, name="softmax"))
+    graph.output[0].name = "probs"
+    path = folder / "softmax.onnx"
+    onnx.save(model, str(path))  # no manifest: a foreign model
+    return path
+
+
+def settings(model, tmp_path, **overrides):
+    return QuantizeConfig(model=str(model), out=str(tmp_path / "int8.onnx"), **overrides)
+
+
+def test_a_head_that_int8_destroys_is_kept_in_float_by_quantizing_compute_ops_only(softmax_headed, tmp_path):
+    manifest = quantize(settings(softmax_headed, tmp_path, data="digits", preprocessing="fit"))
+    q, fidelity = manifest["quantization"], manifest["metrics"]["fidelity"]
+    naive, kept = q["judged"][0], q["judged"][-1]
+    assert naive["loss_points"] > q["budget_points"] == 1.0  # all ops quantized: over budget
+    assert kept["settings"].endswith("only)") and q["op_types"] == list(COMPUTE_OPS) and not q["excluded_nodes"]
+    assert fidelity["loss_points"] <= 1.0 and fidelity["measure"] == "accuracy points lost"
+    assert "Softmax" in {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+
+
+def test_without_data_int8_is_judged_on_synthetic_inputs_and_says_accuracy_was_not_measured(softmax_headed, tmp_path):
+    manifest = quantize(settings(softmax_headed, tmp_path, mode="dynamic"))
+    metrics = manifest["metrics"]
+    assert metrics["accuracy"] is None and metrics["accuracy_split"] is None
+    assert metrics["fidelity"]["split"] == "synthetic" and metrics["fidelity"]["samples"] == 1000
+    assert metrics["fidelity"]["measure"] == "top-1 disagreements in points"
+    assert metrics["fidelity"]["top1_agreement"] >= 0.99
+    assert any(line.startswith("accuracy not measured") for line in summary(manifest))
+
+
+def test_nothing_is_written_when_no_narrowing_meets_the_budget(softmax_headed, tmp_path, monkeypatch):
+    monkeypatch.setattr(quantize_module, "COMPUTE_OPS", ("Softmax",))  # narrowing that cannot help
+    monkeypatch.setattr(quantize_module, "_quantizable_nodes", lambda path: [])
+    with pytest.raises(quantize_module.CompressError, match="misses the fidelity budget.*nothing written"):
+        quantize(settings(softmax_headed, tmp_path, data="digits", preprocessing="fit"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_budget_finer_than_one_sample_is_said(softmax_headed, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="compress"):
+        quantize(settings(softmax_headed, tmp_path, data="digits", preprocessing="fit", max_accuracy_drop=0.1))
+    assert any("more than the budget of 0.1" in r.getMessage() for r in caplog.records)
+
+
+def test_preprocessing_failure_is_retried_without_symbolic_shapes_and_leaves_the_working_folder_clean(
+    softmax_headed, tmp_path, monkeypatch, caplog
+):
+    from onnxruntime import quantization
+
+    real = quantization.quant_pre_process
+
+    def fails_on_symbolic_shapes(model, out, skip_symbolic_shape=False):
+        if not skip_symbolic_shape:  # as onnxruntime does when shape inference gives up
+            shutil.copyfile(model, "sym_shape_infer_temp.onnx")
+            raise Exception("Incomplete symbolic shape inference")
+        real(model, out, skip_symbolic_shape=True)
+
+    monkeypatch.setattr(quantization, "quant_pre_process", fails_on_symbolic_shapes)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    manifest = quantize(settings(softmax_headed.with_name("m.onnx"), tmp_path, mode="dynamic"))
+    assert manifest["quantization"]["preprocessed"].startswith("quant_pre_process without symbolic shape inference")
+    assert list(work.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx", "int8.onnx.json", "work"]
+    assert manifest_path(tmp_path / "int8.onnx").exists()
