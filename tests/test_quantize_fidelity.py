@@ -95,3 +95,9 @@ def test_preprocessing_failure_is_retried_without_symbolic_shapes_and_leaves_the
     assert list(work.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx", "int8.onnx.json", "work"]
     assert manifest_path(tmp_path / "int8.onnx").exists()
+
+
+def test_a_model_given_by_a_relative_path_is_preprocessed(softmax_headed, tmp_path, monkeypatch):
+    monkeypatch.chdir(softmax_headed.parent)
+    manifest = quantize(QuantizeConfig(model="m.onnx", out=str(tmp_path / "int8.onnx"), mode="dynamic"))
+    assert manifest["quantization"]["preprocessed"] == "quant_pre_process"

@@ -612,12 +612,12 @@ def _preprocess(path: Path, workdir: Path, enabled: bool) -> tuple[Path, str]:
         return _without_recorded_shapes(path, workdir), "skipped (--no-preprocess)"
     from onnxruntime.quantization import quant_pre_process
 
-    out = workdir / "preprocessed.onnx"
+    source, out = path.resolve(), (workdir / "preprocessed.onnx").resolve()  # before moving into workdir
     failures = []
     for skip_symbolic_shape in (False, True):
         try:
             with quiet(), _inside(workdir):
-                quant_pre_process(str(path.resolve()), str(out.resolve()), skip_symbolic_shape=skip_symbolic_shape)
+                quant_pre_process(str(source), str(out), skip_symbolic_shape=skip_symbolic_shape)
         except Exception as exc:  # onnxruntime's tools raise plain exceptions
             failures.append(first_line(exc, 100))
             continue
