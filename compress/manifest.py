@@ -121,6 +121,7 @@ class Metrics(_Open):
     history: list[dict[str, Any]] | None = None
     teacher_test_accuracy: Fraction | None = None
     teacher_kind: str | None = None
+    teacher_outputs: Literal["logits", "probs"] | None = None  # probs: distilled from their log
     teacher_cache: str | None = None
     teacher_cache_s: Seconds | None = None
     accuracy_split: str | None = None

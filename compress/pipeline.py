@@ -119,6 +119,7 @@ def build_plan(recipe: Recipe) -> Plan:
         teacher=str(teacher),
         teacher_model=teacher_code["model"],
         trust_model_code=teacher_code["trust_model_code"],
+        preprocessing=recipe.teacher_preprocessing,
     )
     student_code = {"model": steps[-1].config.model}
     if teacher.suffix == ".onnx":
@@ -140,6 +141,7 @@ def build_plan(recipe: Recipe) -> Plan:
             teacher=str(teacher),
             teacher_model=teacher_code["model"],
             trust_model_code=teacher_code["trust_model_code"],
+            preprocessing=recipe.teacher_preprocessing,
             **student_code,
         )
         final = out / "student.pruned.onnx"
@@ -150,7 +152,17 @@ def build_plan(recipe: Recipe) -> Plan:
         add("quantize", "quantize", model=str(final), out=str(int8))
         variants.append((("student pruned" if final != student_onnx else "student") + " int8", int8))
     models = [str(path) for _, path in variants]
-    add("bench", "bench", models=models, report=str(out / "report"), baseline=str(teacher_onnx))
+    # a teacher without a manifest names neither its data nor its preprocessing: the recipe does
+    foreign = {"data": data, "preprocessing": recipe.teacher_preprocessing} if recipe.teacher_preprocessing else {}
+    add(
+        "bench",
+        "bench",
+        reads_data=bool(foreign),
+        models=models,
+        report=str(out / "report"),
+        baseline=str(teacher_onnx),
+        **foreign,
+    )
     return Plan(recipe, steps, variants)
 
 

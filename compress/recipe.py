@@ -8,7 +8,8 @@ the command's flags (``--min-time`` -> ``min_time``) and a key left out takes th
 
     [teacher]                     # TrainConfig: train one ...
     model = "resnet8"             # ... or give one: path = "teacher.pt" (or .onnx); a checkpoint
-                                  # of your own code also takes model = "file.py:factory" (its code)
+                                  # of your own code also takes model = "file.py:factory" (its code),
+                                  # an ONNX model without a manifest preprocessing = "fit"|"scale"|"raw"
     [student]                     # DistillConfig (model is the student)
     [prune]                       # PruneConfig; optional: prunes the student
     [export]                      # ExportConfig, for every export
@@ -28,9 +29,10 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from .artifacts import manifest_path
+from .artifacts import manifest_path, read_manifest
+from .data import PreprocessingChoice
 from .errors import CompressError
 from .stages import STAGES
 from .stages.base import StageConfig, build, settable, type_word
@@ -57,8 +59,9 @@ WIRED_SETTINGS = {"data", "preprocessing", "resume", "teacher_model", "trust_mod
 REBUILDS_CHECKPOINT = {"prune", "export"}
 TEACHER_SUFFIXES = (".pt", ".onnx")
 MASKED_LENGTH = 4  # values of ${VAR} this long or longer are not repeated in messages
-# [teacher] with path = FILE takes only these: the code its checkpoint names, or trust in it.
-TEACHER_PATH_KEYS = {"path": str, "model": str, "trust_model_code": bool}
+# [teacher] with path = FILE takes only these: the code its checkpoint names, or trust in it; and for
+# a model without a manifest, how its inputs were normalised.
+TEACHER_PATH_KEYS = {"path": str, "model": str, "trust_model_code": bool, "preprocessing": str}
 
 
 def pipeline_keys(table: str) -> set[str]:
@@ -78,6 +81,7 @@ class Recipe:
     data: str
     teacher_path: Path | None  # an existing teacher, or None to train one
     teacher_code: dict[str, Any]  # for teacher_path: the model code the user names (model), or trust in it
+    teacher_preprocessing: str | None  # for a teacher_path without a manifest: how its inputs were normalised
     tables: dict[str, dict[str, Any]]  # table -> settings (only the keys the recipe gives)
     locator: _Locator = field(repr=False)
 
@@ -146,6 +150,7 @@ def load_recipe(path: str | Path, data: str | None = None, out: str | None = Non
     _check_data(data_spec, where)
 
     teacher_path = None
+    teacher_preprocessing = None
     teacher = tables.setdefault("teacher", {})
     teacher_code: dict[str, Any] = {"model": None, "trust_model_code": False}
     if "path" in teacher:
@@ -155,7 +160,8 @@ def load_recipe(path: str | Path, data: str | None = None, out: str | None = Non
                 "teacher",
                 others[0],
                 "[teacher] takes either path = FILE (an existing teacher, with its model code as model = SPEC "
-                "or trust_model_code = true) or the settings to train one, not both; remove "
+                "or trust_model_code = true, and preprocessing when it has no manifest) or the settings to train "
+                "one, not both; remove "
                 f"{', '.join(others)} or path",
             )
         for key, kind in TEACHER_PATH_KEYS.items():
@@ -186,6 +192,7 @@ def load_recipe(path: str | Path, data: str | None = None, out: str | None = Non
             )
         if teacher_path.suffix == ".pt":
             _check_teacher_code(teacher_path, teacher_code, where)
+        teacher_preprocessing = _check_teacher_preprocessing(teacher_path, teacher.get("preprocessing"), where)
         del tables["teacher"]
     tables.setdefault("student", {})
     tables.setdefault("export", {})
@@ -199,6 +206,7 @@ def load_recipe(path: str | Path, data: str | None = None, out: str | None = Non
         data=data_spec,
         teacher_path=teacher_path,
         teacher_code=teacher_code,
+        teacher_preprocessing=teacher_preprocessing,
         tables=tables,
         locator=where,
     )
@@ -222,6 +230,37 @@ def _check_teacher_code(path: Path, code: dict[str, Any], where: _Locator) -> No
         )
     except CompressError as exc:
         raise where.error("teacher", "path", str(exc)) from None
+
+
+def _check_teacher_preprocessing(path: Path, choice: str | None, where: _Locator) -> str | None:
+    """``preprocessing`` in [teacher]: given exactly when the teacher's manifest does not say how its
+    inputs were normalised (a manifest always wins, so there it would do nothing)."""
+    choices = get_args(PreprocessingChoice)
+    if choice is not None and choice not in choices:
+        raise where.error(
+            "teacher", "preprocessing", f"preprocessing must be one of {', '.join(choices)}, got {choice!r}"
+        )
+    try:
+        manifest = read_manifest(path)
+    except CompressError as exc:
+        raise where.error("teacher", "path", str(exc)) from None
+    recorded = (manifest or {}).get("preprocessing")
+    if recorded and choice is not None:
+        raise where.error(
+            "teacher",
+            "preprocessing",
+            f"teacher {path} has a manifest, which says how its inputs were normalised; remove preprocessing",
+        )
+    if not recorded and choice is None:
+        raise where.error(
+            "teacher",
+            "path",
+            f"teacher {path} has {'no manifest' if manifest is None else 'a manifest that records no preprocessing'}, "
+            "so how its inputs were normalised is unknown; add "
+            'preprocessing = "fit" (mean/std of the training split, as compress train does), "scale" '
+            '(pixels to [0, 1]) or "raw" to [teacher]',
+        )
+    return choice
 
 
 def _check_table(table: str, settings: dict[str, Any], where: _Locator) -> None:

@@ -128,7 +128,13 @@ def test_distill_from_onnx_teacher_with_student_from_file(tmp_path, teacher_onnx
     )
     manifest = distill(
         distill_config(
-            tmp_path, teacher_onnx, model=f"{models_file}:tiny_cnn", model_args={"width": 16}, epochs=3, lr=1e-2
+            tmp_path,
+            teacher_onnx,
+            model=f"{models_file}:tiny_cnn",
+            model_args={"width": 16},
+            epochs=3,
+            lr=1e-2,
+            preprocessing="fit",
         )
     )
     assert manifest["metrics"]["teacher_kind"] == "onnx"
@@ -143,7 +149,7 @@ def test_distill_from_torchscript_teacher(tmp_path, teacher_pt):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.trace(model.eval(), torch.zeros(2, 1, 8, 8)), str(path))
-    manifest = distill(distill_config(tmp_path, path, epochs=1))
+    manifest = distill(distill_config(tmp_path, path, epochs=1, preprocessing="fit"))
     assert manifest["metrics"]["teacher_kind"] == "torchscript"
     assert manifest["metrics"]["teacher_test_accuracy"] > 0.85
 
@@ -163,7 +169,7 @@ def test_hint_distillation_trains_a_projection_and_changes_the_student(tmp_path,
 
 def test_hints_need_a_teacher_with_reachable_layers(tmp_path, teacher_onnx):
     with pytest.raises(CompressError, match="logits only"):
-        distill(distill_config(tmp_path, teacher_onnx, hints=["layer2:fc1"]))
+        distill(distill_config(tmp_path, teacher_onnx, hints=["layer2:fc1"], preprocessing="fit"))
 
 
 def test_unknown_hint_layer_is_named(tmp_path, teacher_pt):

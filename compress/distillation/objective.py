@@ -17,13 +17,17 @@ from ..artifacts import sha256_file
 from ..data import Dataset, Preprocessing, load_dataset
 from ..errors import CompressError, foreign_errors
 from ..loop import accuracy
+from ..modelspec import count_macs, count_params
 from .losses import distillation_loss, hint_loss
-from .teachers import Teacher, TeacherOutputs, capture_outputs, load_teacher
+from .teachers import Teacher, TeacherOutputs, capture_outputs, load_teacher, looks_like_probabilities
 
 if TYPE_CHECKING:
     from ..stages.distill import DistillConfig
 
-log = logging.getLogger(__name__).info
+logger = logging.getLogger(__name__)
+log = logger.info
+# Training samples the teacher is first run on: to check its outputs, and to tell probabilities from logits.
+PROBE_SAMPLES = 64
 
 
 def make_projection(student_feature: torch.Tensor, teacher_feature: torch.Tensor, hint: str) -> torch.nn.Module:
@@ -122,6 +126,7 @@ class DistillObjective:
             "split": [self.dataset.val_fraction, self.dataset.split_seed],
             "preprocessing": self.dataset.preprocessing.to_dict(),
             "layers": self.teacher_layers,
+            "outputs": self.teacher.outputs,
         }
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -163,6 +168,7 @@ class DistillObjective:
         return {
             "teacher_test_accuracy": self.teacher_test_accuracy,
             "teacher_kind": self.teacher.kind,
+            "teacher_outputs": self.teacher.outputs,
             "teacher_cache": self.cache_mode,
             "teacher_cache_s": round(self.cache_seconds, 3),
         }
@@ -173,14 +179,15 @@ class DistillObjective:
 
 
 def load_matching_teacher(config: DistillConfig, device: torch.device) -> tuple[Teacher, Dataset]:
-    """The teacher and the data, checked against each other.
+    """The teacher and the data, checked against each other; whether the teacher outputs
+    probabilities is settled here (``config.teacher_outputs``).
 
     A teacher with a manifest brings its preprocessing, which the student then shares, so
-    both see exactly the inputs the teacher was trained on.
+    both see exactly the inputs the teacher was trained on; for one without, the user says
+    (``config.preprocessing``).
     """
     teacher = load_teacher(config.teacher, device, (config.teacher_model, config.model), config.trust_model_code)
-    preprocessing = Preprocessing.from_dict(teacher.preprocessing) if teacher.preprocessing else None
-    dataset = load_dataset(config.data, config.val_fraction, config.split_seed, preprocessing)
+    dataset = load_dataset(config.data, config.val_fraction, config.split_seed, _teacher_preprocessing(teacher, config))
     if teacher.in_shape is not None and tuple(teacher.in_shape) != tuple(dataset.in_shape):
         raise CompressError(
             f"teacher {teacher.path} takes inputs of shape {list(teacher.in_shape)} but "
@@ -194,15 +201,78 @@ def load_matching_teacher(config: DistillConfig, device: torch.device) -> tuple[
             f"{config.data} has {dataset.num_classes} {dataset.labels[:5]}...; "
             "use the teacher's dataset"
         )
-    probe = torch.from_numpy(dataset.x_train[:2]).to(device)
+    probe = torch.from_numpy(dataset.x_train[:PROBE_SAMPLES]).to(device)
     # a foreign model may fail in any way on the wrong input
     with foreign_errors(
         f"teacher {teacher.path} fails on inputs of shape {list(dataset.in_shape)}", "check --data", limit=160
     ):
-        logits, _ = teacher(probe)
-    if logits.dim() != 2 or logits.shape[1] != dataset.num_classes:
+        outputs, _ = teacher(probe)
+    if outputs.dim() != 2 or outputs.shape[1] != dataset.num_classes:
         raise CompressError(
-            f"teacher {teacher.path} outputs shape {list(logits.shape[1:])} per sample but "
+            f"teacher {teacher.path} outputs shape {list(outputs.shape[1:])} per sample but "
             f"{config.data} has {dataset.num_classes} classes; it must output one logit per class"
         )
+    teacher.outputs = _teacher_outputs(teacher, outputs, config)
     return teacher, dataset
+
+
+def _teacher_preprocessing(teacher: Teacher, config: DistillConfig) -> Preprocessing | str:
+    """The teacher's manifest's preprocessing, else the one the user names: never a guess."""
+    if teacher.preprocessing:
+        if config.preprocessing is not None:
+            log(
+                f"teacher {teacher.path} has a manifest, whose preprocessing is used: "
+                f"--preprocessing {config.preprocessing} is ignored (the manifest wins)"
+            )
+        return Preprocessing.from_dict(teacher.preprocessing)
+    if config.preprocessing is None:
+        lacks = "no manifest" if teacher.manifest is None else "a manifest that records no preprocessing"
+        raise CompressError(
+            f"teacher {teacher.path} has {lacks}, so how its inputs were normalised is unknown; "
+            "pass --preprocessing fit (mean/std of the training split, as compress train does), "
+            "scale (pixels to [0, 1]) or raw"
+        )
+    return config.preprocessing
+
+
+def _teacher_outputs(teacher: Teacher, outputs: torch.Tensor, config: DistillConfig) -> str:
+    """What the teacher outputs, "logits" or "probs": ``config.teacher_outputs``, auto settled on
+    ``outputs`` (the teacher's outputs on the probe batch)."""
+    probabilities = looks_like_probabilities(outputs)
+    seen = f"its outputs on {len(outputs)} training samples are non-negative rows summing to 1"
+    if config.teacher_outputs == "probs" and (outputs < 0).any():
+        raise CompressError(
+            f"--teacher-outputs probs, but teacher {teacher.path} outputs negative values "
+            f"(down to {outputs.min().item():.3g}), which are not probabilities; use --teacher-outputs logits or auto"
+        )
+    if config.teacher_outputs == "logits":
+        if probabilities:
+            logger.warning(
+                f"teacher {teacher.path} looks like it outputs probabilities ({seen}), but --teacher-outputs "
+                "logits uses them as logits: the soft targets will be nearly uniform; use --teacher-outputs auto"
+            )
+        return "logits"
+    if config.teacher_outputs == "auto" and not probabilities:
+        return "logits"
+    why = seen if config.teacher_outputs == "auto" else "--teacher-outputs probs"
+    log(f"teacher {teacher.path} outputs probabilities ({why}): distilling from their log, as logits")
+    return "probs"
+
+
+def warn_if_student_larger(teacher: Teacher, student: torch.nn.Module, in_shape: tuple[int, ...]) -> None:
+    """A warning when the student has more parameters (or MACs, when both are known) than its teacher."""
+    teacher_params, teacher_macs = teacher.size()
+    student_params = count_params(student)
+    student_macs = count_macs(student, in_shape) if teacher_macs is not None else None
+    more_macs = student_macs is not None and student_macs > teacher_macs
+    if not more_macs and (teacher_params is None or student_params <= teacher_params):
+        return
+
+    def size(params: int | None, macs: int | None) -> str:
+        counted = "unknown params" if params is None else f"{params:,} params"
+        return counted if macs is None else f"{counted}, {macs:,} MACs"
+
+    logger.warning(
+        f"the student ({size(student_params, student_macs)}) is larger than teacher {teacher.path} "
+        f"({size(teacher_params, teacher_macs)}); choose a smaller --model or --model-arg for a smaller model"
+    )

@@ -1,9 +1,13 @@
-"""Teachers: anything that turns a batch of preprocessed inputs into logits.
+"""Teachers: anything that turns a batch of preprocessed inputs into logits (or probabilities).
 
 * a checkpoint written by compress (rebuilt from its model spec; intermediate layers reachable
   by name, so it can give FitNets hints),
 * a TorchScript file (``torch.jit.save``) or a ``torch.export`` program (``.pt2``),
 * an ONNX model run through ONNX Runtime: a black box that gives logits only.
+
+A teacher whose last op is a softmax outputs probabilities; distillation takes their log instead
+(``Teacher.outputs == "probs"``): log-probabilities are logits up to a per-row constant, which the
+temperature-scaled softmax of the soft targets ignores. ``looks_like_probabilities`` tells them apart.
 
 ``TeacherOutputs`` caches what the teacher says about every training sample, so that
 distillation without random augmentation runs the teacher once instead of once per epoch.
@@ -20,13 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifacts import load_checkpoint, read_manifest
+from ..artifacts import load_checkpoint, model_file_kind, read_manifest
 from ..errors import CompressError, foreign_errors
-from ..modelspec import model_from_checkpoint
+from ..modelspec import count_macs, count_params, model_from_checkpoint
 from ..onnx_io import OnnxClassifier, open_session
 
 # Caches larger than this go to a memory-mapped file on disk instead of RAM (``cache="auto"``).
 MEMORY_CACHE_LIMIT_BYTES = 1 << 30
+# Outputs are probabilities when every row is non-negative and sums to 1 within this: float32 softmax
+# rows sum to 1 within ~1e-6, while logits that happen to do so on every row of a batch do not occur.
+PROB_TOLERANCE = 1e-3
+PROB_FLOOR = 1e-12  # probabilities are clamped to this before their log (a softmax may underflow to 0)
 
 
 @dataclass
@@ -41,6 +49,7 @@ class Teacher:
     num_classes: int | None = None
     manifest: dict | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    outputs: str = "logits"  # "logits" | "probs": probabilities, whose log is given as logits
 
     @property
     def preprocessing(self) -> dict | None:
@@ -56,11 +65,28 @@ class Teacher:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits for ``x`` and the outputs of ``hint_layers``, all float32 on ``x.device``."""
         if self.onnx_session is not None:
-            return self._run_onnx(x), {}
+            return self._as_logits(self._run_onnx(x)), {}
         features: dict[str, torch.Tensor] = {}
         with capture_outputs(self.module, hint_layers, features):
             logits = self.module(x.to(self.device))
-        return logits.float().to(x.device), {k: v.float().to(x.device) for k, v in features.items()}
+        return self._as_logits(logits.float().to(x.device)), {k: v.float().to(x.device) for k, v in features.items()}
+
+    def _as_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        if self.outputs != "probs":
+            return outputs
+        log_p = torch.log(outputs.clamp_min(PROB_FLOOR))
+        # the per-row constant that makes them logits is free: zero-mean rows suit --loss mse too
+        return log_p - log_p.mean(dim=1, keepdim=True)
+
+    def size(self) -> tuple[int | None, int | None]:
+        """(parameters, MACs per sample) as far as known: the manifest's record, else counted."""
+        recorded = (self.manifest or {}).get("model") or {}
+        params, macs = recorded.get("params"), recorded.get("macs")
+        if params is None:
+            params = _onnx_params(self.path) if self.module is None else count_params(self.module)
+        if macs is None and self.kind == "checkpoint":
+            macs = count_macs(self.module, self.in_shape)
+        return params, macs
 
     def _run_onnx(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.onnx_session.predict(x.detach().float().cpu().numpy(), batch_size=len(x))
@@ -117,16 +143,17 @@ def load_teacher(
             f"teacher {path} does not exist; give a .pt checkpoint, a TorchScript file or an .onnx model"
         )
     manifest = read_manifest(path)
-    if path.suffix == ".onnx":
+    kind = model_file_kind(path)  # by content: a renamed file is still what it is
+    if path.suffix == ".onnx" or kind == "onnx":
         return _load_onnx_teacher(path, manifest, device)
-    if path.suffix == ".pt2":
+    if path.suffix == ".pt2" or kind == "torch.export":
         if not trust:
             raise CompressError(
                 f"teacher {path} is a torch.export program, which torch.export.load unpickles in full (that can "
                 "run code); pass --trust-model-code if you trust this file, or export the teacher to ONNX"
             )
         return _load_exported_teacher(path, manifest, device)
-    if _is_torchscript(path):
+    if kind == "torchscript":
         with (
             foreign_errors(f"teacher {path} is not a readable TorchScript file", "re-save it with torch.jit.save"),
             warnings.catch_warnings(),
@@ -147,14 +174,17 @@ def load_teacher(
     )
 
 
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives are torch zip files that carry code; checkpoints carry only data."""
-    import zipfile
+def looks_like_probabilities(outputs: torch.Tensor) -> bool:
+    """Every row non-negative and summing to 1 within ``PROB_TOLERANCE``: what a softmax head gives."""
+    return bool((outputs >= 0).all() and ((outputs.sum(dim=1) - 1).abs() <= PROB_TOLERANCE).all())
 
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
+
+def _onnx_params(path: Path) -> int:
+    """The number of values in an ONNX model's initializers (its weights), read without external data."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return sum(int(np.prod(tensor.dims)) for tensor in model.graph.initializer)
 
 
 def _load_exported_teacher(path: Path, manifest: dict | None, device: torch.device) -> Teacher:

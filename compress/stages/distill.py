@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
+from ..data import PreprocessingChoice
 from ..errors import CompressError
 from .base import Cli, Shortcut, Stage
 from .train import MODEL_HELP, TrainConfig, fit_summary
@@ -31,6 +32,17 @@ class DistillConfig(TrainConfig):
         False,
         description="Run the model code (a file or module, not a zoo name) that a checkpoint names, or the pickled "
         "contents of a .pt2 program, without naming it yourself: only for files you trust.",
+    )
+    teacher_outputs: Literal["auto", "logits", "probs"] = Field(
+        "auto",
+        description="What the teacher outputs. auto: probabilities when its outputs on a sample of training inputs "
+        "are non-negative rows summing to 1 (a softmax head), else logits; probs: their log is used as logits "
+        "(before the temperature); logits: used as they are.",
+    )
+    preprocessing: PreprocessingChoice | None = Field(
+        None,
+        description="For a teacher without a manifest: how its inputs were normalised (fit: mean/std of the "
+        "training split, as compress train does; scale: pixels to [0, 1]; raw). A teacher's manifest always wins.",
     )
     temperature: Annotated[float, Cli(flags=("--temperature", "-T"))] = Field(
         4.0, gt=0, le=100, description="Softmax temperature of the soft targets (lower for very small students)."
@@ -82,7 +94,7 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     """
     import torch
 
-    from ..distillation.objective import DistillObjective, load_matching_teacher
+    from ..distillation.objective import DistillObjective, load_matching_teacher, warn_if_student_larger
     from ..loop import Fit, resolve_device
     from ..modelspec import build_model
 
@@ -90,6 +102,7 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     teacher, dataset = load_matching_teacher(config, device)
     torch.manual_seed(config.seed)
     student = build_model(config.model, dataset.in_shape, dataset.num_classes, config.model_args)
+    warn_if_student_larger(teacher, student, dataset.in_shape)
     objective = DistillObjective(config, teacher, student, dataset, device)
     return Fit(config, "distill", dataset, student, objective, device).run()
 
@@ -146,8 +159,8 @@ STAGE = Stage(
     Examples:
       compress distill --teacher runs/mnist/teacher.pt --model mlp --data mnist:data/mnist \\
                        --temperature 4 --alpha 0.9 --epochs 10 --out runs/mnist/student.pt
-      compress distill --teacher teacher.onnx --model my_models.py:tiny_cnn --data digits \\
-                       --out runs/digits/student.pt
+      compress distill --teacher teacher.onnx --preprocessing fit --model my_models.py:tiny_cnn \\
+                       --data digits --out runs/digits/student.pt
       compress distill --list-layers runs/mnist/teacher.pt
     """,
 )
