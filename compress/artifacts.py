@@ -356,14 +356,61 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any], manifest: dict
         tmp.write_text(text)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+# Model files that are not compress checkpoints: what each is, and what to do with it instead.
+_OTHER_MODELS = {
+    "onnx": ("an ONNX model (protobuf)", "quantize or bench it directly"),
+    "torchscript": (
+        "a TorchScript model (a zip with code/)",
+        "export it to ONNX with torch.onnx.export yourself (then quantize or bench it), "
+        "or distil a compress student from it (compress distill --teacher {path})",
+    ),
+    "torch.export": (
+        "a torch.export program (.pt2)",
+        "export it to ONNX with torch.onnx.export yourself (then quantize or bench it), "
+        "or distil a compress student from it (compress distill --teacher FILE.pt2 --trust-model-code)",
+    ),
+}
+# ModelProto's first field is ir_version (field 1, a varint: tag 0x08); the next is one of fields 2-8 or 14
+_ONNX_SECOND_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72}
+
+
+def model_file_kind(path: Path) -> str | None:
+    """``onnx``, ``torchscript`` or ``torch.export`` for a model file of that kind, by its content
+    (not its name); None for anything else, compress checkpoints included."""
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+            if any("/code/" in name or name.endswith("/constants.pkl") for name in names):
+                return "torchscript"
+            markers = ("/archive_format", "/models/model.json", "serialized_exported_program.json")
+            return "torch.export" if any(name.endswith(markers) for name in names) else None
+        with open(path, "rb") as file:
+            head = file.read(3)
+    except (OSError, zipfile.BadZipFile):
+        return None  # torch.load says what is wrong with it
+    onnx = len(head) == 3 and head[0] == 0x08 and 0 < head[1] < 0x80 and head[2] in _ONNX_SECOND_TAGS
+    return "onnx" if onnx else None
+
+
+def load_checkpoint(path: str | Path, command: str | None = None) -> dict[str, Any]:
     """Load a compress checkpoint safely (``weights_only=True``: nothing is unpickled as code) and check
-    its shape (:class:`CheckpointHead`): a damaged or hostile file is one line naming the field."""
+    its shape (:class:`CheckpointHead`): a damaged or hostile file is one line naming the field.
+
+    ``command`` (export, prune) names what takes the checkpoint when the file is a model of another kind."""
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise CompressError(f"checkpoint {path} does not exist; check the path")
+    kind = model_file_kind(path)
+    if kind is not None:
+        what, instead = _OTHER_MODELS[kind]
+        wanted = "a compress checkpoint (.pt) written by train, distill or prune"
+        said = f"{command} takes {wanted}; {path} is {what}" if command else f"{path} is {what}, not {wanted}"
+        raise CompressError(f"{said} — {instead.format(path=path)}")
     # torch.load fails in many ways on damaged or foreign files
     with foreign_errors(
         f"{path} is not a readable compress checkpoint", "re-create it with `compress train` or `compress distill`"

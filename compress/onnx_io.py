@@ -295,6 +295,11 @@ def open_session(
         return ort.InferenceSession(source, sess_options=options, providers=providers or ["CPUExecutionProvider"])
 
 
+def _fits(dims: list, sample_shape: tuple[int, ...]) -> bool:
+    """Samples of ``sample_shape`` fit an input's dimensions after the batch (symbolic ones fit any size)."""
+    return len(dims) == len(sample_shape) and all(not isinstance(d, int) or d == s for d, s in zip(dims, sample_shape))
+
+
 class OnnxClassifier:
     """One-input classifier session: signature and shape checks, batched prediction, and
     onnxruntime's run-time failures as one-line errors."""
@@ -318,14 +323,21 @@ class OnnxClassifier:
     def check_fits(self, in_shape: tuple[int, ...], data_name: str) -> None:
         """CompressError unless samples of ``in_shape`` fit the model's input."""
         dims = self.input_shape[1:]
-        fits = len(dims) == len(in_shape) and all(not isinstance(d, int) or d == s for d, s in zip(dims, in_shape))
-        if not fits:
-            shown = ["N" if not isinstance(d, int) else d for d in self.input_shape]
+        if _fits(dims, in_shape):
+            return
+        shown = "[" + ", ".join("?" if d is None else str(d) for d in self.input_shape) + "]"
+        # (C, H, W) samples against an (H, W, C) input whose channel axis is fixed: a channels-last model
+        if len(in_shape) == 3 and _fits(dims, (*in_shape[1:], in_shape[0])) and isinstance(dims[-1], int):
             raise CompressError(
-                f"{self.name} takes input {self.input_name!r} of shape {shown} but "
-                f"{data_name} gives samples of shape {list(in_shape)}; use the data "
-                "the model was trained on"
+                f"{self.name} takes input {self.input_name!r} of shape {shown}, channels last (NHWC), but compress "
+                f"feeds NCHW samples ({data_name}: {list(in_shape)}); transpose to NCHW: re-export the model with an "
+                "(N, C, H, W) input, or put a Transpose(perm=[0, 2, 3, 1]) in front of its input"
             )
+        raise CompressError(
+            f"{self.name} takes input {self.input_name!r} of shape {shown} but "
+            f"{data_name} gives samples of shape {list(in_shape)}; use the data "
+            "the model was trained on"
+        )
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The logits of ``batch``: one row per sample."""

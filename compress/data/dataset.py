@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import numbers
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from .preprocessing import Preprocessing
 from .sources import RawData, read_source
 
 MAX_VAL_FRACTION = 0.9
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,7 +57,6 @@ class Dataset:
         }
 
 
-# How to normalise data for a model whose manifest does not say (see ``load_dataset``).
 # how inputs of a model without a manifest were normalised (see load_dataset_for)
 PreprocessingChoice = Literal["fit", "scale", "raw"]
 
@@ -158,19 +159,32 @@ def _check_raw(raw: RawData, spec: str) -> None:
 
 
 def load_dataset_for(
-    artifact: str, manifest: dict | None, data: str | None = None, preprocessing: str | None = None
+    artifact: str,
+    manifest: dict | None,
+    data: str | None = None,
+    preprocessing: str | None = None,
+    cache: dict[tuple, Dataset] | None = None,
 ) -> Dataset:
-    """The data to feed ``artifact``: its manifest's data and preprocessing unless overridden.
+    """The data to feed ``artifact``: its manifest's data and preprocessing.
 
-    ``data`` replaces the manifest's data source (same preprocessing); without a manifest both
-    must be given, since nothing else says how the model's inputs were normalised.
+    ``data`` replaces the manifest's data source (same preprocessing). ``preprocessing`` is for a
+    model whose manifest does not record one: a manifest that does always wins (it says how the
+    model was trained; a flag given for other models of the same command must not change that).
+    Without a manifest both must be given, since nothing else says how the inputs were normalised.
+    ``cache``: datasets already loaded by this command, so that models fed alike share one load.
     """
     recorded = (manifest or {}).get("data") or {}
     spec = data or recorded.get("spec")
     if spec is None:
         raise CompressError(f"{artifact} has no manifest naming its data; pass --data (e.g. --data mnist:DIR)")
-    if manifest and manifest.get("preprocessing") and preprocessing is None:
+    if manifest and manifest.get("preprocessing"):
         chosen: Preprocessing | str = Preprocessing.from_dict(manifest["preprocessing"])
+        if preprocessing is not None:
+            logger.info(
+                "%s is fed as its manifest records; --preprocessing %s applies only to models without one",
+                artifact,
+                preprocessing,
+            )
     elif preprocessing is None:
         raise CompressError(
             f"{artifact} has no manifest, so how its inputs were normalised is "
@@ -179,16 +193,18 @@ def load_dataset_for(
         )
     else:
         chosen = preprocessing
+    val_fraction, split_seed = recorded.get("val_fraction", 0.1), recorded.get("split_seed", 0)
+    key = (spec, val_fraction, split_seed, repr(chosen))
+    if cache is not None and key in cache:
+        return cache[key]
     try:
-        return load_dataset(
-            spec,
-            val_fraction=recorded.get("val_fraction", 0.1),
-            split_seed=recorded.get("split_seed", 0),
-            preprocessing=chosen,
-        )
+        dataset = load_dataset(spec, val_fraction=val_fraction, split_seed=split_seed, preprocessing=chosen)
     except CompressError as exc:
         if data is None:  # the source recorded in the manifest: it may have moved
             raise CompressError(
                 f"{exc} (the data recorded in the manifest of {artifact}; pass --data to read it from elsewhere)"
             ) from None
         raise
+    if cache is not None:
+        cache[key] = dataset
+    return dataset

@@ -10,6 +10,7 @@ import base64
 import html
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from ..typed_files import problem_line
 from .report_model import FORMAT, validate_report_json
 
 PLOT = "plot.png"
+REPORT_FILES = ("report.json", "report.md", "report.html", PLOT)
 
 
 def write_report(report: dict[str, Any], folder: str | Path) -> list[Path]:
@@ -45,7 +47,7 @@ def write_report(report: dict[str, Any], folder: str | Path) -> list[Path]:
         (staging / "report.html").write_text(html_page(report, png))
         os.chmod(staging, 0o777 & ~current_umask())
         _replace_dir(staging, folder)
-    return [folder / n for n in ("report.json", "report.md", "report.html", PLOT)]
+    return [folder / n for n in REPORT_FILES]
 
 
 def _replace_dir(new: Path, final: Path) -> None:
@@ -70,14 +72,25 @@ def _fmt_speedup(row: dict) -> str:
     return text if row["verdict"] == "faster" else f"{text} {row['verdict']}"
 
 
+def _fmt_count(value: int | None) -> str:
+    """12_300_000 -> '12.3M': MACs at a glance."""
+    if value is None:
+        return "–"
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= size:
+            return f"{value / size:.3g}{unit}"
+    return str(value)
+
+
 def table_rows(report: dict) -> list[list[str]]:
-    """One row per model x provider x batch size x threads, for the terminal and Markdown."""
+    """One row per model x provider x batch size x threads, for the terminal, Markdown and HTML."""
     models = {m["name"]: m for m in report["models"]}
     rows = []
     for r in report["rows"]:
         m = models[r["model"]]
         acc = m["providers"][r["provider"]]
         delta = "" if m["baseline"] else f" ({acc['accuracy_delta_points']:+.2f})"
+        paired = r.get("baseline_p50_ms")
         rows.append(
             [
                 r["model"],
@@ -85,12 +98,14 @@ def table_rows(report: dict) -> list[list[str]]:
                 str(r["batch_size"]),
                 str(r["threads"]),
                 f"{m['params']:,}" if m["params"] else "–",
+                _fmt_count(m["macs"]),
                 f"{m['size_bytes'] / 1024:.0f}",
                 f"{100 * acc['top1']:.2f}{delta}",
                 f"{r['p50_ms']:.3f}",
                 f"{r['p90_ms']:.3f}",
                 f"{r['p99_ms']:.3f}",
                 f"{r['throughput']:.0f}",
+                "–" if paired is None else f"{paired:.3f}",
                 _fmt_speedup(r),
             ]
         )
@@ -110,21 +125,31 @@ def header(report: dict) -> list[str]:
         "batch",
         "threads",
         "params",
+        "MACs",
         "KiB",
         "top-1 % (Δ pts)",
         "p50 ms",
         "p90 ms",
         "p99 ms",
         "samples/s",
+        "baseline p50 ms",
         f"speed-up ({percent(report['timing']['confidence'])} CI)",
     ]
+
+
+PAIRING_NOTE = (
+    'Each model is timed in rounds alternating with the baseline; "baseline p50 ms" is the baseline\'s '
+    "median in those same rounds, the pairing the model's speed-up comes from (the baseline's own row "
+    "pools all its rounds)."
+)
 
 
 def terminal_table(report: dict) -> str:
     names = header(report)
     rows = [names] + table_rows(report)
     widths = [max(len(r[i]) for r in rows) for i in range(len(names))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+    return f"{table}\n{PAIRING_NOTE}"
 
 
 def _machine_lines(report: dict) -> list[str]:
@@ -170,6 +195,8 @@ def markdown(report: dict) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += [
         "",
+        PAIRING_NOTE,
+        "",
         "A speed-up whose interval contains 1 is marked *within noise*: no difference was shown.",
         "",
         *_model_notes(report),
@@ -181,6 +208,12 @@ def markdown(report: dict) -> str:
 def _model_notes(report: dict) -> list[str]:
     lines = []
     for m in report["models"]:
+        how = m.get("preprocessing")
+        if how:
+            fed = (
+                "as its manifest records" if how == "manifest" else f"by `--preprocessing {how}` (no manifest says how)"
+            )
+            lines.append(f"- `{m['name']}`: test data `{m['data']}`, normalised {fed}.")
         for provider, p in m["providers"].items():
             extra = []
             if p["top5"] is not None:
@@ -214,54 +247,106 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
+MARKERS = "osD^vP*Xh<>p"
+
+
 def plot_png(report: dict) -> bytes:
-    """Accuracy against p50 latency, one point per model and provider, at the first batch size and
-    thread count; the baseline ringed, the Pareto front drawn."""
+    """The plot (:func:`plot_figure`) as PNG bytes."""
     import io
 
+    import matplotlib.pyplot as plt
+
+    fig = plot_figure(report)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def plot_figure(report: dict) -> Any:
+    """Accuracy against p50 latency, one panel per provider x thread count (rows) and batch size
+    (columns). Each model keeps its colour and marker in every panel, its p50 interval drawn as an
+    error bar and its speed-up with its interval named in the panel's legend (no labels on the
+    points, which would overlap when models sit close); the baseline hollow, the Pareto front dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    batch, threads = report["config"]["batch_sizes"][0], report["config"]["threads"][0]
+    config = report["config"]
     models = {m["name"]: m for m in report["models"]}
-    points, labels, is_base = [], [], []
-    for r in report["rows"]:
-        if r["batch_size"] == batch and r["threads"] == threads:
-            m = models[r["model"]]
-            points.append((r["p50_ms"], 100 * m["providers"][r["provider"]]["top1"]))
-            labels.append(f"{r['model']} ({r['provider']})")
-            is_base.append(m["baseline"])
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for (lat, acc), label, base in zip(points, labels, is_base):
-        ax.scatter(
-            [lat],
-            [acc],
-            s=90 if base else 40,
-            facecolors="none" if base else "C0",
-            edgecolors="C3" if base else "C0",
-            linewidths=2 if base else 1,
+    lines = [(provider, threads) for provider in config["providers"] for threads in config["threads"]]
+    batches = config["batch_sizes"]
+    fig, axes = plt.subplots(
+        len(lines), len(batches), figsize=(5.4 * len(batches), 4 * len(lines)), dpi=110, squeeze=False
+    )
+    for (provider, threads), row in zip(lines, axes):
+        for batch, ax in zip(batches, row):
+            rows = [
+                r
+                for r in report["rows"]
+                if (r["provider"], r["threads"], r["batch_size"]) == (provider, threads, batch)
+            ]
+            _panel(ax, rows, models)
+            ax.set_title(f"{provider}, batch {batch}, {threads} thread{'s' if threads > 1 else ''}", fontsize=9)
+    fig.supylabel("top-1 accuracy, %", fontsize=9)
+    fig.suptitle("Accuracy against latency")
+    fig.tight_layout()
+    return fig
+
+
+def _panel(ax: Any, rows: list[dict], models: dict[str, dict]) -> None:
+    """One provider x threads x batch size: a point per model, the Pareto front, a legend."""
+    order = list(models)  # a model's place in the report fixes its colour and marker
+    points = []
+    for r in rows:
+        m = models[r["model"]]
+        i = order.index(r["model"])
+        colour = f"C{i % 10}"
+        accuracy = 100 * m["providers"][r["provider"]]["top1"]
+        low, high = r["p50_ci_ms"]
+        label = f"{r['model']} (baseline)" if m["baseline"] else f"{r['model']}: {_fmt_speedup(r)}"
+        ax.errorbar(
+            [r["p50_ms"]],
+            [accuracy],
+            xerr=[[r["p50_ms"] - low], [high - r["p50_ms"]]],
+            fmt=MARKERS[i % len(MARKERS)],
+            color=colour,
+            markerfacecolor="none" if m["baseline"] else colour,
+            markersize=9 if m["baseline"] else 6,
+            capsize=3,
+            label=label,
             zorder=3,
         )
-        ax.annotate(
-            label + (" — baseline" if base else ""), (lat, acc), textcoords="offset points", xytext=(6, 4), fontsize=8
-        )
+        points.append((r["p50_ms"], accuracy))
     front = pareto_front(points)
-    ax.plot(
-        [points[i][0] for i in front], [points[i][1] for i in front], "--", color="C2", label="Pareto front", zorder=2
-    )
-    ax.set_xscale("log")
-    ax.set_xlabel(f"p50 latency, ms (batch {batch}, {threads} thread{'s' if threads > 1 else ''}, log scale)")
-    ax.set_ylabel("top-1 accuracy, %")
-    ax.set_title("Accuracy against latency")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")  # keep labels that run past the axes
-    plt.close(fig)
-    return buffer.getvalue()
+    if len(front) > 1:
+        ax.plot(
+            [points[i][0] for i in front],
+            [points[i][1] for i in front],
+            "--",
+            color="0.5",
+            linewidth=1,
+            label="Pareto front",
+            zorder=2,
+        )
+    if rows:
+        # a log axis over less than a decade has no round ticks to label: linear there
+        spread = max(r["p50_ci_ms"][1] for r in rows) / min(r["p50_ci_ms"][0] for r in rows)
+        log = spread > 10
+        if log:
+            ax.set_xscale("log")
+        else:
+            ax.ticklabel_format(axis="x", style="plain", useOffset=False)
+            ax.locator_params(axis="x", nbins=5)
+            # at least +-10% around the middle, so that a difference of a few percent looks as small as it is
+            low, high = ax.get_xlim()
+            middle = (low + high) / 2
+            ax.set_xlim(min(low, 0.9 * middle), max(high, 1.1 * middle))
+        ax.set_xlabel(f"p50 latency, ms{', log scale' if log else ''} (bars: its interval)", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.legend(loc="best", fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
 
 
 def html_page(report: dict, png: bytes) -> str:
@@ -270,8 +355,8 @@ def html_page(report: dict, png: bytes) -> str:
     def cells(row, tag):
         return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row) + "</tr>"
 
-    machine = "".join(f"<li>{html.escape(line[2:])}</li>" for line in _machine_lines(report))
-    notes = "".join(f"<li>{html.escape(line[2:])}</li>" for line in _model_notes(report))
+    machine = "".join(f"<li>{_inline_html(line[2:])}</li>" for line in _machine_lines(report))
+    notes = "".join(f"<li>{_inline_html(line[2:])}</li>" for line in _model_notes(report))
     table = cells(header(report), "th") + "".join(cells(r, "td") for r in table_rows(report))
     image = base64.b64encode(png).decode("ascii")
     return f"""<!DOCTYPE html>
@@ -282,11 +367,17 @@ th{{background:#f3f3f3}}td:first-child,td:nth-child(2){{text-align:left}}</style
 <body><h1>Latency and accuracy against {html.escape(report["baseline"])}</h1>
 <p>Created {html.escape(report["created"])}.</p><ul>{machine}</ul>
 <table>{table}</table>
+<p>{html.escape(PAIRING_NOTE)}</p>
 <p>A speed-up whose interval contains 1 is marked <em>within noise</em>: no difference was shown.</p>
 <ul>{notes}</ul>
 <img id="plot" alt="accuracy against p50 latency" src="data:image/png;base64,{image}">
 </body></html>
 """
+
+
+def _inline_html(text: str) -> str:
+    """A Markdown line's text as HTML: escaped, with `code` spans as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 def load_report(path: str | Path) -> dict[str, Any]:

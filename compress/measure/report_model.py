@@ -140,6 +140,12 @@ class ModelEntry(_Strict):
     stage: str | None = Field(description="The compress stage that wrote the model; null without a manifest.")
     baseline: bool
     data: str = Field(description="The data spec the accuracy was measured on.")
+    # optional fields: reports of earlier compress versions, of the same format, lack them
+    preprocessing: Literal["manifest", "fit", "scale", "raw"] | None = Field(
+        None,
+        description="How its inputs were normalised: as its manifest records, or by --preprocessing (a model "
+        "without a manifest); null in reports that do not say.",
+    )
     providers: dict[Provider, ProviderResult] = Field(min_length=1)
 
 
@@ -161,7 +167,14 @@ class Row(_Strict):
     cv: float = Field(ge=0, description="Coefficient of variation, std / mean.")
     throughput: float = Field(gt=0, description="Samples per second at the median latency.")
     p50_ci_ms: Interval = Field(description="Interval holding the median latency, low and high.")
-    speedup: Annotated[float, Field(gt=0)] | None = Field(description="Baseline p50 / this p50; null for the baseline.")
+    baseline_p50_ms: Annotated[float, Field(gt=0)] | None = Field(
+        None,
+        description="The baseline's p50 in the rounds this model alternated with (the pairing its speed-up "
+        "comes from); null for the baseline, whose own row pools all its pairings, and in reports that do not say.",
+    )
+    speedup: Annotated[float, Field(gt=0)] | None = Field(
+        description="Median over rounds of baseline p50 / this p50; null for the baseline."
+    )
     speedup_ci: Interval | None = Field(description="Interval of the speed-up; null for the baseline.")
     verdict: Verdict
 
@@ -173,6 +186,8 @@ class Row(_Strict):
             raise PydanticCustomError(
                 "verdict", "speedup and speedup_ci are null exactly when the verdict is 'baseline'"
             )
+        if self.verdict == "baseline" and self.baseline_p50_ms is not None:
+            raise PydanticCustomError("verdict", "baseline_p50_ms is null in the baseline's own rows")
         return self
 
 

@@ -21,7 +21,7 @@ from ..data import Dataset, PreprocessingChoice, load_dataset_for
 from ..errors import CompressError
 from ..hardware import machine_info
 from ..measure.latency import LatencyStats, compare, time_calls
-from ..measure.report import write_report
+from ..measure.report import REPORT_FILES, write_report
 from ..measure.runner import PROVIDERS, check_available, first_run_s, load, make_call, node_placement, peak_memory_mb
 from ..measure.stats import median_ci, speedup_ci, verdict
 from ..onnx_io import OptimizationLevel, load_classifier, model_info
@@ -49,11 +49,16 @@ def _comma_list(item: type) -> Callable[[str], list]:
 
 class BenchConfig(StageConfig):
     models: Annotated[list[str], Cli(argument=True)] = Field(description="The ONNX models to measure.")
-    report: str = Field(description="Folder for report.json, report.md, report.html and plot.png.")
+    report: str = Field(
+        "bench-report",
+        description="Folder for report.json, report.md, report.html and plot.png, relative to the current folder; "
+        "a report already there is replaced.",
+    )
     baseline: str | None = Field(None, description="The model the others are compared with (default: the first).")
     data: str | None = Field(None, description=f"Test data (default: each model's manifest data): {DATA_HELP}.")
     preprocessing: PreprocessingChoice | None = Field(
-        None, description="For models without a manifest: how their inputs were normalised."
+        None,
+        description="For models without a manifest: how their inputs were normalised (a model's manifest always wins).",
     )
     providers: Annotated[list[Literal[tuple(PROVIDERS)]], Cli(parse=_comma_list(str))] = Field(
         default_factory=lambda: ["cpu"],
@@ -93,8 +98,19 @@ class BenchConfig(StageConfig):
     @field_validator("report")
     @classmethod
     def _a_folder(cls, report: str) -> str:
-        if Path(report).exists() and not Path(report).is_dir():
+        folder = Path(report)
+        if folder.exists() and not folder.is_dir():
             raise ValueError(f"{report} exists and is not a folder; choose another `report`")
+        # the whole folder is replaced by the new report: never one that holds anything else
+        try:
+            others = sorted(p.name for p in folder.iterdir() if p.name not in REPORT_FILES) if folder.is_dir() else []
+        except OSError as exc:
+            raise ValueError(f"cannot read {report} ({exc.strerror or exc}); choose another `report`") from None
+        if others:
+            raise ValueError(
+                f"{report} holds files that are not a bench report ({', '.join(others[:3])}); the report replaces "
+                "the whole folder, so choose a new or empty folder for `report`"
+            )
         return report
 
     @model_validator(mode="after")
@@ -126,7 +142,7 @@ def measure(config: BenchConfig) -> dict[str, Any]:
     for path in paths:
         runner = load_classifier(path, role="model")
         manifest = read_manifest(path)
-        dataset = _dataset(path, manifest, config, datasets)
+        dataset = load_dataset_for(str(path), manifest, config.data, config.preprocessing, cache=datasets)
         if not len(dataset.y_test):
             raise CompressError("the test split has no samples; use data with test samples")
         runner.check_fits(dataset.in_shape, dataset.spec)
@@ -134,7 +150,7 @@ def measure(config: BenchConfig) -> dict[str, Any]:
         runner.run(_batch(dataset.x_test, max(config.batch_sizes)))
         models[path] = {"manifest": manifest, "dataset": dataset, "name": _name(path, paths)}
 
-    entries = {path: _describe(path, info, baseline) for path, info in models.items()}
+    entries = {path: _describe(path, info, baseline, config) for path, info in models.items()}
     rows = []
     for provider in providers:
         log(f"{provider}: accuracy")
@@ -160,9 +176,10 @@ def measure(config: BenchConfig) -> dict[str, Any]:
         for path in models:
             record = entries[path]["providers"][provider]
             base_record = entries[baseline]["providers"][provider]
+            same_split = models[path]["dataset"].fingerprint == models[baseline]["dataset"].fingerprint
             record["agreement_with_baseline"] = (
                 float((predictions[path] == predictions[baseline]).mean())
-                if len(predictions[path]) == len(predictions[baseline])
+                if same_split and len(predictions[path]) == len(predictions[baseline])
                 else None
             )
             record["accuracy_delta_points"] = 100 * (record["top1"] - base_record["top1"])
@@ -203,15 +220,7 @@ def _name(path: Path, paths: list[Path]) -> str:
     return path.name if sum(p.name == path.name for p in paths) == 1 else str(path)
 
 
-def _dataset(path: Path, manifest: dict | None, config: BenchConfig, cache: dict) -> Dataset:
-    recorded = (manifest or {}).get("data") or {}
-    key = (config.data or recorded.get("spec"), repr((manifest or {}).get("preprocessing")), config.preprocessing)
-    if key not in cache:
-        cache[key] = load_dataset_for(str(path), manifest, config.data, config.preprocessing)
-    return cache[key]
-
-
-def _describe(path: Path, info: dict, baseline: Path) -> dict[str, Any]:
+def _describe(path: Path, info: dict, baseline: Path, config: BenchConfig) -> dict[str, Any]:
     manifest = info["manifest"] or {}
     model = manifest.get("model") or {}
     params = model.get("params") or (manifest.get("metrics") or {}).get("params")
@@ -225,6 +234,8 @@ def _describe(path: Path, info: dict, baseline: Path) -> dict[str, Any]:
         "stage": manifest.get("stage"),
         "baseline": path == baseline,
         "data": info["dataset"].spec,
+        # load_dataset_for's rule: a manifest's record wins over --preprocessing
+        "preprocessing": "manifest" if manifest.get("preprocessing") else config.preprocessing,
         "providers": {},
     }
 
@@ -280,12 +291,15 @@ def _time_group(
             warmup=config.warmup,
         )
         base_times.append(result.seconds["baseline"])
-        timed[path] = (result.seconds["model"], result.round_ratios("model"))
+        timed[path] = (result.seconds["model"], result.round_ratios("model"), result.seconds["baseline"])
         del loaded, call
+    # the baseline's own row pools every pairing; each model's row names the baseline p50 of its own
     pooled = np.concatenate(base_times)
     rows = [_row(models[baseline]["name"], provider, threads, batch_size, pooled, None, config)]
-    for path, (times, ratios) in timed.items():
-        rows.append(_row(models[path]["name"], provider, threads, batch_size, times, ratios, config))
+    for path, (times, ratios, paired) in timed.items():
+        row = _row(models[path]["name"], provider, threads, batch_size, times, ratios, config)
+        row["baseline_p50_ms"] = float(np.median(paired)) * 1e3
+        rows.append(row)
     return rows
 
 
@@ -307,6 +321,7 @@ def _row(
         "batch_size": batch_size,
         **stats.to_dict(),
         "p50_ci_ms": [low, high],
+        "baseline_p50_ms": None,
         "speedup": None,
         "speedup_ci": None,
         "verdict": "baseline",
@@ -361,6 +376,8 @@ STAGE = Stage(
       compress bench runs/mnist/teacher.onnx runs/mnist/student.onnx runs/mnist/student.int8.onnx \\
           --baseline runs/mnist/teacher.onnx --providers cpu,cuda --batch-sizes 1,64 --threads 1,2 \\
           --report reports/mnist
+      # vendor/model.onnx has no manifest: it gets --preprocessing; the student, its manifest's
+      compress bench vendor/model.onnx runs/mnist/student.onnx --data mnist:DIR --preprocessing scale
       compress bench --compare reports/old/report.json reports/new/report.json
     """,
 )

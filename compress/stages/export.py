@@ -121,7 +121,7 @@ def export(config: ExportConfig) -> dict[str, Any]:
     """Export, verify and write ``config.out`` with its manifest; return the manifest."""
     from ..modelspec import count_macs, count_params, model_from_checkpoint
 
-    checkpoint = load_checkpoint(config.checkpoint)
+    checkpoint = load_checkpoint(config.checkpoint, command="export")
     source = read_manifest(config.checkpoint) or {}
     opset = choose_opset(config.opset, config.exporter)
     model = model_from_checkpoint(checkpoint, config.checkpoint, (config.model,), config.trust_model_code).eval()

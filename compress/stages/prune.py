@@ -91,7 +91,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
     from ..modelspec import model_from_checkpoint
     from ..pruning import make_pruner, prune_step, prune_unstructured, recover, size_of, target_reached, widths_of
 
-    source = load_checkpoint(config.checkpoint)
+    source = load_checkpoint(config.checkpoint, command="prune")
     model = model_from_checkpoint(source, config.checkpoint, (config.model,), config.trust_model_code).eval()
     source_manifest = read_manifest(config.checkpoint) or {}
     data = config.data or (source_manifest.get("data") or {}).get("spec")
