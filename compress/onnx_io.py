@@ -133,6 +133,24 @@ def load_classifier(path: str | Path, role: str = "model") -> OnnxClassifier:
     return OnnxClassifier(open_session(path, role=role), name)
 
 
+def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
+    """``["x=1x3x224x224"]`` -> ``{"x": (1, 3, 224, 224)}``: the shapes ``--shape`` gives inputs (ValueError
+    naming the item that is not NAME=DxDx...)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for item in items:
+        name, sep, dims = item.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or not all(1 <= d <= 1 << 20 for d in shape):
+            raise ValueError(f"{item!r} is not NAME=DxDx... with whole dimensions from 1, e.g. input=1x3x224x224")
+        if name in shapes:
+            raise ValueError(f"input {name!r} is given two shapes; give each input once")
+        shapes[name] = shape
+    return shapes
+
+
 class Port(NamedTuple):
     """A tensor of a graph, described by the fields of ONNX Runtime's ``NodeArg`` (for messages)."""
 
@@ -295,6 +313,11 @@ def open_session(
         return ort.InferenceSession(source, sess_options=options, providers=providers or ["CPUExecutionProvider"])
 
 
+def _dims(shape: list) -> str:
+    """``[N, 3, ?, ?]``: a shape with its symbolic dimensions by name, unknown ones as ``?``."""
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
 def _fits(dims: list, sample_shape: tuple[int, ...]) -> bool:
     """Samples of ``sample_shape`` fit an input's dimensions after the batch (symbolic ones fit any size)."""
     return len(dims) == len(sample_shape) and all(not isinstance(d, int) or d == s for d, s in zip(dims, sample_shape))
@@ -320,12 +343,42 @@ class OnnxClassifier:
         dims = self.input_shape[1:]
         return tuple(dims) if all(isinstance(d, int) for d in dims) else None
 
+    def synthetic_samples(self, n: int, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> np.ndarray:
+        """``n`` standard-normal samples of the input's shape, for timing and fidelity without data.
+
+        ``shapes`` (``--shape NAME=1x3x224x224``) fixes the input's symbolic dimensions; its batch
+        dimension is not used (the samples are ``n``)."""
+        given = shapes.get(self.input_name)
+        unknown = set(shapes) - {self.input_name}
+        if unknown:
+            raise CompressError(
+                f"--shape names {sorted(unknown)[0]!r}, which is not an input of {self.name}; "
+                f"its input is {self.input_name!r}"
+            )
+        if given is not None:
+            if not _fits(self.input_shape[1:], given[1:]):
+                raise CompressError(
+                    f"--shape {self.input_name}={'x'.join(map(str, given))} does not fit input {self.input_name!r} of "
+                    f"{self.name}, of shape {_dims(self.input_shape)}; fix only its symbolic dimensions"
+                )
+            sample = given[1:]
+        elif self.sample_shape is not None:
+            sample = self.sample_shape
+        else:
+            example = "x".join(str(d) if isinstance(d, int) else "N" for d in self.input_shape)
+            raise CompressError(
+                f"{self.name} has symbolic dimensions in input {self.input_name!r} {_dims(self.input_shape)} and no "
+                f"data says how large its samples are; give them with --shape {self.input_name}={example} "
+                "(numbers for every N), or pass --data"
+            )
+        return np.random.default_rng(seed).standard_normal((n, *sample)).astype(np.float32)
+
     def check_fits(self, in_shape: tuple[int, ...], data_name: str) -> None:
         """CompressError unless samples of ``in_shape`` fit the model's input."""
         dims = self.input_shape[1:]
         if _fits(dims, in_shape):
             return
-        shown = "[" + ", ".join("?" if d is None else str(d) for d in self.input_shape) + "]"
+        shown = _dims(self.input_shape)
         # (C, H, W) samples against an (H, W, C) input whose channel axis is fixed: a channels-last model
         if len(in_shape) == 3 and _fits(dims, (*in_shape[1:], in_shape[0])) and isinstance(dims[-1], int):
             raise CompressError(

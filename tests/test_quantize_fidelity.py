@@ -1,6 +1,7 @@
 """Every quantize run judges int8 against fp32, narrows what it quantizes when over budget, and never
 writes a destroyed model; onnxruntime's preprocessing stays inside the staging folder."""
 
+import json
 import logging
 import shutil
 
@@ -101,3 +102,50 @@ def test_a_model_given_by_a_relative_path_is_preprocessed(softmax_headed, tmp_pa
     monkeypatch.chdir(softmax_headed.parent)
     manifest = quantize(QuantizeConfig(model="m.onnx", out=str(tmp_path / "int8.onnx"), mode="dynamic"))
     assert manifest["quantization"]["preprocessed"] == "quant_pre_process"
+
+
+@pytest.fixture
+def any_size_image_classifier(tmp_path):
+    """Conv, global pooling and Gemm over images of any height and width: (N, 3, H, W) -> (N, 4)."""
+    from onnx import TensorProto
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "w": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+        "fc": rng.standard_normal((4, 8)).astype(np.float32),
+        "b": np.zeros(4, np.float32),
+    }
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["r"], name="relu"),
+            helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+            helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+            helper.make_node("Gemm", ["f", "fc", "b"], ["y"], name="gemm", transB=1),
+        ],
+        "any_size",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    path = tmp_path / "any_size.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+def test_symbolic_dimensions_without_data_are_given_by_shape(any_size_image_classifier, tmp_path, capsys):
+    from compress.cli import main
+
+    out = tmp_path / "out" / "int8.onnx"
+    args = ["quantize", str(any_size_image_classifier), "--mode", "dynamic", "--out", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--shape x=Nx3xNxN" in err and not out.parent.exists()
+    for bad, message in (["--shape", "y=1x3x8x8"], "not an input"), (["--shape", "x=1x4x8x8"], "does not fit"):
+        with pytest.raises(SystemExit):
+            main([*args, *bad])
+        assert message in capsys.readouterr().err
+    main([*args, "--shape", "x=1x3x16x24"])
+    fidelity = json.loads(manifest_path(out).read_text())["metrics"]["fidelity"]
+    assert fidelity["split"] == "synthetic" and fidelity["loss_points"] <= 1.0

@@ -16,9 +16,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 
 from ..artifacts import check_outputs, resume_path
 from ..errors import CompressError
@@ -107,6 +107,24 @@ def output_suffix(suffix: str) -> Any:
         return out
 
     return field_validator("out")(check)
+
+
+def _valid_shapes(items: list[str]) -> list[str]:
+    from ..onnx_io import parse_shapes
+
+    parse_shapes(items)  # a ValueError names the item
+    return items
+
+
+# ``--shape NAME=1x3x224x224`` (repeatable): the shape of a model input whose dimensions are symbolic, for
+# inputs made without data (timing, fidelity); the stage parses it with ``onnx_io.parse_shapes``.
+InputShapes = Annotated[
+    list[str], Cli(flags=("--shape",), metavar="NAME=DxDx...", repeat=True), AfterValidator(_valid_shapes)
+]
+SHAPES_HELP = (
+    "Shape of a model input with symbolic dimensions, batch first, for inputs made without data "
+    "(e.g. x=1x3x224x224; repeatable)."
+)
 
 
 def type_word(value: Any) -> str:

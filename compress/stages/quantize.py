@@ -43,8 +43,8 @@ from ..hardware import CpuInfo, cpu_info
 from ..measure.fidelity import accuracy as accuracy_of_outputs
 from ..measure.fidelity import compare_outputs
 from ..measure.latency import compare
-from ..onnx_io import OnnxClassifier, load_classifier, model_info, open_session, quiet
-from .base import Cli, Stage, StageConfig, output_suffix
+from ..onnx_io import OnnxClassifier, load_classifier, model_info, open_session, parse_shapes, quiet
+from .base import SHAPES_HELP, Cli, InputShapes, Stage, StageConfig, output_suffix
 from .export import EXTERNAL_DATA_THRESHOLD_BYTES
 from .train import DATA_HELP, MAX_BATCH, MAX_SAMPLES, MAX_SEED, MAX_THREADS
 
@@ -113,6 +113,7 @@ class QuantizeConfig(StageConfig):
         None, ge=1, le=MAX_THREADS, description="Intra-op threads of the timing (default: onnxruntime's)."
     )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the choice of calibration samples.")
+    shapes: InputShapes = Field(default_factory=list, description=SHAPES_HELP)
 
     _out = output_suffix(".onnx")
 
@@ -356,9 +357,10 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
     cpu = cpu_info()
     base = choose_settings(config, cpu)
     budget = DEFAULT_BUDGET_POINTS if config.max_accuracy_drop is None else config.max_accuracy_drop
-    timing_input = _timing_input(float_runner, dataset, config.batch_size)
+    shapes = parse_shapes(config.shapes)
+    timing_input = _timing_input(float_runner, dataset, config.batch_size, shapes)
     float_runner.run(timing_input)  # one run before any work: a model that fails or gives no (N, C) logits stops here
-    judge = Judge(float_runner, *_held_out(float_runner, dataset, config.seed))
+    judge = Judge(float_runner, *_held_out(float_runner, dataset, config.seed, shapes))
     if judge.resolution > budget:
         logger.warning(
             f"{len(judge.x)} {judge.split} samples judge int8: one of them is {judge.resolution:.2f} points, more "
@@ -567,21 +569,18 @@ def _dataset(config: QuantizeConfig, source: dict, runner: OnnxClassifier, neede
     return dataset
 
 
-def _held_out(runner: OnnxClassifier, dataset: Dataset | None, seed: int) -> tuple[np.ndarray, np.ndarray | None, str]:
+def _held_out(
+    runner: OnnxClassifier, dataset: Dataset | None, seed: int, shapes: dict[str, tuple[int, ...]]
+) -> tuple[np.ndarray, np.ndarray | None, str]:
     """The samples int8 is judged on, their labels and what they are: the validation split (the test
     split stays unseen by decisions), else the test split, else — without data — standard-normal
-    inputs of the model's sample shape, which show whether the outputs moved but not accuracy."""
+    inputs of the model's sample shape (``--shape`` for symbolic dimensions), which show whether the
+    outputs moved but not accuracy."""
     if dataset is not None and len(dataset.y_val):
         return dataset.x_val, dataset.y_val, "val"
     if dataset is not None:
         return dataset.x_test, dataset.y_test, "test"
-    shape = runner.sample_shape
-    if shape is None:
-        raise CompressError(
-            f"{runner.name} has symbolic sample dimensions; pass --data so int8 can be judged against fp32 on real samples"
-        )
-    x = np.random.default_rng(seed).standard_normal((SYNTHETIC_SAMPLES, *shape)).astype(np.float32)
-    return x, None, "synthetic"
+    return runner.synthetic_samples(SYNTHETIC_SAMPLES, shapes, seed), None, "synthetic"
 
 
 def _calibration_samples(dataset: Dataset, config: QuantizeConfig) -> np.ndarray:
@@ -590,16 +589,14 @@ def _calibration_samples(dataset: Dataset, config: QuantizeConfig) -> np.ndarray
     return dataset.x_train[np.sort(rng.choice(len(dataset.x_train), n, replace=False))]
 
 
-def _timing_input(runner: OnnxClassifier, dataset: Dataset | None, batch: int) -> np.ndarray:
-    """Real samples when there is data (zeros can take faster paths), repeated to fill the batch."""
+def _timing_input(
+    runner: OnnxClassifier, dataset: Dataset | None, batch: int, shapes: dict[str, tuple[int, ...]]
+) -> np.ndarray:
+    """Real samples when there is data (zeros can take faster paths), repeated to fill the batch; else
+    random ones of the model's sample shape."""
     batch = runner.fixed_batch or batch
     if dataset is None:
-        shape = runner.sample_shape
-        if shape is None:
-            raise CompressError(
-                f"{runner.name} has symbolic sample dimensions; pass --data so real samples can be timed"
-            )
-        return np.zeros((batch, *shape), np.float32)
+        return runner.synthetic_samples(batch, shapes)
     x = dataset.x_test
     return np.ascontiguousarray(x[np.arange(batch) % len(x)])
 
