@@ -331,7 +331,7 @@ def new_manifest(artifact: str | Path, stage: str, config: dict[str, Any]) -> di
 
 def input_record(role: str, path: str | Path) -> dict[str, Any]:
     """An input of a stage: where it was and what it was (by hash)."""
-    return {"role": role, "path": str(Path(path).resolve()), "sha256": sha256_file(path)}
+    return {"role": role, "path": str(Path(path).resolve()), "sha256": cached_sha256(Path(path))}
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any], manifest: dict[str, Any]) -> None:

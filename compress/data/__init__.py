@@ -5,8 +5,16 @@ train, fits (or reuses) a :class:`Preprocessing` on the training split, and retu
 arrays ready to feed a model.
 """
 
-from .dataset import Dataset, PreprocessingChoice, load_dataset, load_dataset_for
+from .dataset import PREPROCESSING_HELP, Dataset, PreprocessingChoice, load_dataset, load_dataset_for
 from .preprocessing import Preprocessing
 from .sources import DATA_SOURCES_HELP
 
-__all__ = ["DATA_SOURCES_HELP", "PreprocessingChoice", "Dataset", "Preprocessing", "load_dataset", "load_dataset_for"]
+__all__ = [
+    "DATA_SOURCES_HELP",
+    "PREPROCESSING_HELP",
+    "PreprocessingChoice",
+    "Dataset",
+    "Preprocessing",
+    "load_dataset",
+    "load_dataset_for",
+]

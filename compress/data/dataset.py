@@ -59,6 +59,10 @@ class Dataset:
 
 # how inputs of a model without a manifest were normalised (see load_dataset_for)
 PreprocessingChoice = Literal["fit", "scale", "raw"]
+PREPROCESSING_HELP = (
+    "how its inputs were normalised (fit: mean/std of the training split, as compress train does; scale: "
+    "pixels to [0, 1]; raw); a manifest always wins"
+)
 
 
 def load_dataset(

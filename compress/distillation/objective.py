@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from ..artifacts import sha256_file
+from ..artifacts import cached_sha256
 from ..data import Dataset, Preprocessing, load_dataset
 from ..errors import CompressError, foreign_errors
 from ..loop import accuracy
@@ -121,7 +121,7 @@ class DistillObjective:
     def _cache_key(self) -> str:
         """Names a disk cache by everything its content depends on."""
         facts = {
-            "teacher": sha256_file(self.teacher.path),
+            "teacher": cached_sha256(self.teacher.path),
             "data": self.dataset.fingerprint,
             "split": [self.dataset.val_fraction, self.dataset.split_seed],
             "preprocessing": self.dataset.preprocessing.to_dict(),

@@ -16,8 +16,8 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from ..artifacts import read_manifest, sha256_file
-from ..data import Dataset, PreprocessingChoice, load_dataset_for
+from ..artifacts import cached_sha256, read_manifest
+from ..data import PREPROCESSING_HELP, Dataset, PreprocessingChoice, load_dataset_for
 from ..errors import CompressError
 from ..hardware import machine_info
 from ..measure.latency import LatencyStats, compare, time_calls
@@ -58,7 +58,7 @@ class BenchConfig(StageConfig):
     data: str | None = Field(None, description=f"Test data (default: each model's manifest data): {DATA_HELP}.")
     preprocessing: PreprocessingChoice | None = Field(
         None,
-        description="For models without a manifest: how their inputs were normalised (a model's manifest always wins).",
+        description=f"For a model without a manifest: {PREPROCESSING_HELP}.",
     )
     providers: Annotated[list[Literal[tuple(PROVIDERS)]], Cli(parse=_comma_list(str))] = Field(
         default_factory=lambda: ["cpu"],
@@ -132,8 +132,7 @@ def bench(config: BenchConfig) -> dict[str, Any]:
 
 
 def measure(config: BenchConfig) -> dict[str, Any]:
-    """Measure every model; the report as a dict."""
-    check_available(config.providers)
+    """Measure every model; the report as a dict (providers are checked by the stage's preflight)."""
     providers = config.providers
     paths = [Path(m) for m in config.models]
     baseline = Path(config.baseline) if config.baseline else paths[0]
@@ -227,7 +226,7 @@ def _describe(path: Path, info: dict, baseline: Path, config: BenchConfig) -> di
     return {
         "name": info["name"],
         "path": str(path),
-        "sha256": sha256_file(path),
+        "sha256": cached_sha256(path),
         "size_bytes": model_info(path)["size_bytes"],
         "params": params,
         "macs": model.get("macs"),

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from ..data import PreprocessingChoice
+from ..data import PREPROCESSING_HELP, PreprocessingChoice
 from ..errors import CompressError
 from .base import Cli, Shortcut, Stage
 from .train import MODEL_HELP, TrainConfig, fit_summary
@@ -41,8 +41,7 @@ class DistillConfig(TrainConfig):
     )
     preprocessing: PreprocessingChoice | None = Field(
         None,
-        description="For a teacher without a manifest: how its inputs were normalised (fit: mean/std of the "
-        "training split, as compress train does; scale: pixels to [0, 1]; raw). A teacher's manifest always wins.",
+        description=f"For a teacher without a manifest: {PREPROCESSING_HELP}.",
     )
     temperature: Annotated[float, Cli(flags=("--temperature", "-T"))] = Field(
         4.0, gt=0, le=100, description="Softmax temperature of the soft targets (lower for very small students)."

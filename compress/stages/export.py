@@ -25,7 +25,7 @@ from ..artifacts import (
     staging_dir,
     write_manifest,
 )
-from ..data import PreprocessingChoice, load_dataset_for
+from ..data import PREPROCESSING_HELP, PreprocessingChoice, load_dataset_for
 from ..errors import CompressError, first_line, foreign_errors
 from ..onnx_io import OnnxClassifier, max_runtime_opset, model_info, open_session, quiet
 from .base import Cli, Stage, StageConfig, output_suffix
@@ -62,8 +62,7 @@ class ExportConfig(StageConfig):
     )
     preprocessing: PreprocessingChoice | None = Field(
         None,
-        description="For a checkpoint without a manifest: how its inputs were normalised (see "
-        "`compress quantize --help`).",
+        description=f"For a checkpoint without a manifest: {PREPROCESSING_HELP}.",
     )
     opset: int | None = Field(
         None,

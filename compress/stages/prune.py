@@ -124,6 +124,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
     example = torch.from_numpy(dataset.x_train[:2])
     x_test, y_test = torch.from_numpy(dataset.x_test), torch.from_numpy(dataset.y_test)
     before = {**size_of(model, example), "test_accuracy": accuracy(model, x_test, y_test)}
+    widths_before = widths_of(model)
 
     out = Path(config.out)
     steps = []
@@ -177,7 +178,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
             "before": before,
             "after": {**size_of(model, example), "test_accuracy": steps[-1]["test_accuracy_recovered"]},
             "steps": steps,
-            "widths_before": widths_of(model_from_checkpoint(source, config.checkpoint, trust=True)),
+            "widths_before": widths_before,
             "widths_after": widths_of(model),
             "note": (
                 "zeroed weights keep the dense shape: the ONNX model is no faster and no smaller "

@@ -37,7 +37,7 @@ from ..artifacts import (
     staging_dir,
     write_manifest,
 )
-from ..data import Dataset, PreprocessingChoice, load_dataset_for
+from ..data import PREPROCESSING_HELP, Dataset, PreprocessingChoice, load_dataset_for
 from ..errors import CompressError, first_line
 from ..hardware import CpuInfo, cpu_info
 from ..measure.fidelity import accuracy as accuracy_of_outputs
@@ -69,8 +69,7 @@ class QuantizeConfig(StageConfig):
     )
     preprocessing: PreprocessingChoice | None = Field(
         None,
-        description="For a model without a manifest: how its inputs were normalised (fit: mean/std of the "
-        "training split, as compress train does; scale: pixels to [0, 1]; raw).",
+        description=f"For a model without a manifest: {PREPROCESSING_HELP}.",
     )
     mode: Literal["static", "dynamic"] = Field(
         "static", description="static: activation ranges calibrated on --data; dynamic: computed at run time."
