@@ -33,6 +33,7 @@ from typing import Any, get_args
 
 from .artifacts import manifest_path, read_manifest
 from .data import PreprocessingChoice
+from .data.sources import source_location
 from .errors import CompressError
 from .stages import STAGES
 from .stages.base import StageConfig, build, settable, type_word
@@ -310,16 +311,19 @@ def _check_data(spec: str, where: _Locator) -> None:
             "data",
             f"data {spec!r} is not a data source; use digits, mnist:DIR, fashion-mnist:DIR, npz:FILE or folder:DIR",
         )
+    try:
+        location = source_location(spec)
+    except CompressError as exc:
+        raise where.error(None, "data", f"data {spec!r}: {exc}") from None
     if not Path(location).expanduser().exists():
         raise where.error(None, "data", f"data {spec!r}: {location} does not exist; check the path (or pass --data)")
 
 
 def data_files(spec: str) -> list[Path]:
     """The files a data source reads, for hashing (none for the built-in digits)."""
-    _, sep, location = spec.partition(":")
-    if not sep:
+    if ":" not in spec:
         return []
-    root = Path(location).expanduser()
+    root = Path(source_location(spec)).expanduser()
     if root.is_file():
         return [root]
     return sorted(p for p in root.rglob("*") if p.is_file())

@@ -166,9 +166,9 @@ def test_npz_float_scale_labels_and_class_count(tmp_path):
 
 
 def test_folder(tmp_path):
-    ds = load_dataset(f"folder:{make_folder(tmp_path / 'imgs')}", val_fraction=0)
+    ds = load_dataset(f"folder:{make_folder(tmp_path / 'imgs')}?size=6x4&fit=stretch", val_fraction=0)
     assert ds.name == "folder" and ds.labels == ["cat", "dog"]
-    assert ds.in_shape == (1, 4, 6)  # grey, size of train/cat/0.png; test image resized
+    assert ds.in_shape == (1, 4, 6)  # grey, 6 wide and 4 high; the 8x8 test image resized
     assert ds.x_train.shape == (6, 1, 4, 6) and ds.x_test.shape == (2, 1, 4, 6)
     np.testing.assert_array_equal(ds.y_train, [0, 0, 0, 1, 1, 1])
     np.testing.assert_array_equal(ds.y_test, [0, 0])
@@ -176,7 +176,7 @@ def test_folder(tmp_path):
 
 
 def test_folder_rgb_when_any_image_is_colour(tmp_path):
-    ds = load_dataset(f"folder:{make_folder(tmp_path / 'imgs', rgb_file=True)}")
+    ds = load_dataset(f"folder:{make_folder(tmp_path / 'imgs', rgb_file=True)}?size=6x4")
     assert ds.in_shape == (3, 4, 6) and len(ds.preprocessing.mean) == 3
     assert len(ds.y_train) + len(ds.y_val) == 7
 
@@ -476,7 +476,7 @@ def test_truncated_image_is_named(tmp_path):
     path = root / "test" / "cat" / "0.png"
     path.write_bytes(path.read_bytes()[:60])
     with pytest.raises(CompressError, match="cannot read image .*test/cat/0.png"):
-        load_dataset(f"folder:{root}")
+        load_dataset(f"folder:{root}?size=6x4")
 
 
 def test_folder_structure_errors(tmp_path):

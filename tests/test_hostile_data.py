@@ -177,10 +177,10 @@ def test_later_image_over_pixel_cap(tmp_path):
     refused(spec, f"train/a/2.png is {side}x{side} pixels")
 
 
-def test_first_image_size_times_count_over_memory_budget(tmp_path, small_memory):
-    """A first image under the pixel cap, but every image is resized to it."""
-    spec = image_folder(tmp_path, first=png_header(1000, 1000), count=2)
-    refused(spec, r"4 images of 1000x1000 pixels \(the size of the first, 0.png\) would take 3.8 MiB of memory")
+def test_target_size_times_count_over_memory_budget(tmp_path, small_memory):
+    """Small images, each under the pixel cap, but every one is brought to the size asked for."""
+    spec = image_folder(tmp_path, count=2) + "?size=1000x1000"
+    refused(spec, r"4 images of 1000x1000 pixels and 1 channel would take 3.8 MiB of memory")
 
 
 # --- IDX ------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import math
+import re
 import warnings
 import zipfile
 import zlib
@@ -24,7 +25,10 @@ DATA_SOURCES_HELP = (
     "'mnist:DIR' or 'fashion-mnist:DIR' (the four IDX files train-images-idx3-ubyte, "
     "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, raw or .gz); "
     "'npz:FILE' (arrays x_train, y_train, x_test, y_test of shape (N,H,W), (N,C,H,W) or (N,F), "
-    "and optionally labels); 'folder:DIR' (images in DIR/train/<class>/ and DIR/test/<class>/)."
+    "and optionally labels); 'folder:DIR' (images in DIR/train/<class>/ and DIR/test/<class>/, all of one size), "
+    "with options after a '?' joined by '&': size=WxH brings every image to W x H keeping its aspect (scaled to "
+    "cover, centre-cropped; fit=pad or fit=stretch otherwise) and channels=rgb|bgr|gray sets the channel order "
+    "(default rgb, gray when every image is), e.g. folder:DIR?size=224x224&channels=bgr."
 )
 
 FASHION_LABELS = [
@@ -55,6 +59,11 @@ DATA_MEMORY_FRACTION = 1 / 8
 ASSUMED_MEMORY = 8 << 30  # physical memory assumed where the platform does not report it
 _DOWNSCALE = "downscale the images (e.g. to the model's input size) first"
 _READ_CHUNK = 1 << 20  # a header promising more than a file holds costs at most this much extra
+# folder:DIR?size=WxH&fit=crop|pad|stretch&channels=rgb|bgr|gray (options after the path's last '?')
+MAX_FOLDER_SIDE = 8192
+FOLDER_FITS = ("crop", "pad", "stretch")
+FOLDER_CHANNELS = ("rgb", "bgr", "gray")
+_FOLDER_OPTIONS_HELP = "size=WxH, fit=crop|pad|stretch (with size), channels=rgb|bgr|gray"
 
 
 @dataclass
@@ -100,6 +109,61 @@ def _size(nbytes: int) -> str:
     return f"{nbytes / 1024**power:.1f} {('KiB', 'MiB', 'GiB', 'TiB')[power - 1]}"
 
 
+@dataclass(frozen=True)
+class FolderOptions:
+    """How a folder source shapes its images; from the ``?size=WxH&fit=...&channels=...`` of its spec."""
+
+    size: tuple[int, int] | None = None  # (width, height); None: every image must have the same size
+    fit: str = "crop"  # with size: crop (cover, centre crop), pad (fit inside, black bars) or stretch
+    channels: str | None = None  # rgb, bgr or gray; None: gray when every image is, else rgb
+
+
+def source_location(spec: str) -> str:
+    """The path part of a ``--data`` string ('' for digits): a folder source's ``?options`` are
+    removed (and checked, CompressError if bad); other sources' paths are returned as written."""
+    name, _, location = spec.partition(":")
+    return _split_folder_options(location)[0] if name == "folder" else location
+
+
+def _split_folder_options(location: str) -> tuple[str, FolderOptions]:
+    """``DIR?key=value&...`` as (DIR, options). Options start at the last '?'; a location that is an
+    existing directory, or whose text after the last '?' holds no '=', is a path with no options."""
+    path, sep, query = location.rpartition("?")
+    if not sep or "=" not in query or Path(location).expanduser().is_dir():
+        return location, FolderOptions()
+    values: dict[str, str] = {}
+    for part in query.split("&"):
+        key, eq, value = part.partition("=")
+        if not eq or key not in ("size", "fit", "channels"):
+            problem = f"unknown folder option {key!r}" if eq else f"folder option {part!r} is not key=value"
+            raise CompressError(
+                f"{problem} in '?{query}'; valid options are {_FOLDER_OPTIONS_HELP}, e.g. folder:DIR?size=224x224&fit=pad"
+            )
+        if key in values:
+            raise CompressError(f"folder option {key!r} is given twice in '?{query}'; give it once")
+        values[key] = value
+    size = None
+    if "size" in values:
+        match = re.fullmatch(r"([0-9]{1,5})x([0-9]{1,5})", values["size"])
+        size = (int(match[1]), int(match[2])) if match else None
+        if size is None or not all(1 <= side <= MAX_FOLDER_SIDE for side in size):
+            raise CompressError(
+                f"bad folder option 'size={values['size']}'; use size=WxH with W and H whole numbers "
+                f"from 1 to {MAX_FOLDER_SIDE}, e.g. size=224x224"
+            )
+    fit = values.get("fit", "crop")
+    if fit not in FOLDER_FITS:
+        raise CompressError(f"bad folder option 'fit={fit}'; use fit=crop, fit=pad or fit=stretch (with size=WxH)")
+    if "fit" in values and size is None:
+        raise CompressError(
+            f"folder option 'fit={fit}' needs size=WxH to fit to, e.g. folder:DIR?size=224x224&fit={fit}"
+        )
+    channels = values.get("channels")
+    if channels is not None and channels not in FOLDER_CHANNELS:
+        raise CompressError(f"bad folder option 'channels={channels}'; use channels=rgb, channels=bgr or channels=gray")
+    return path, FolderOptions(size, fit, channels)
+
+
 def read_source(spec: str) -> RawData:
     """Parse a ``--data`` string and read the source it names."""
     name, sep, location = spec.partition(":")
@@ -112,9 +176,14 @@ def read_source(spec: str) -> RawData:
             f"unknown data source {name!r} in {spec!r}; valid forms are "
             "digits, mnist:DIR, fashion-mnist:DIR, npz:FILE, folder:DIR"
         )
+    options = None
+    if name == "folder":
+        location, options = _split_folder_options(location)
     if not location:
         kind = "FILE" if name == "npz" else "DIR"
         raise CompressError(f"data source {name!r} needs a path; use {name}:{kind}")
+    if options is not None:
+        return _read_folder(name, Path(location).expanduser().resolve(), options)
     return _PATH_READERS[name](name, Path(location).expanduser().resolve())
 
 
@@ -238,7 +307,7 @@ def _idx_errors(path: Path) -> Iterator[None]:
 
 
 def _read_npz(name: str, path: Path) -> RawData:
-    arrays = _load_npz(path)
+    arrays = load_npz(path)
     x_train, x_test = (_npz_images(arrays, key, path) for key in ("x_train", "x_test"))
     y_train, y_test = (_npz_labels(arrays, key, path) for key in ("y_train", "y_test"))
     for x_key, x, y in (("x_train", x_train, y_train), ("x_test", x_test, y_test)):
@@ -266,8 +335,19 @@ def _read_npz(name: str, path: Path) -> RawData:
     return RawData(name, x_train, y_train, x_test, y_test, labels=labels, scale=scale, files=[str(path)])
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    """The arrays compress uses from an .npz archive, loaded without pickle.
+def npz_members(path: Path) -> list[str]:
+    """The names of the arrays in an .npz archive ([] when it is not one)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return [name.removesuffix(".npy") for name in archive.namelist()]
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return []
+
+
+def load_npz(
+    path: Path, required: tuple[str, ...] = _NPZ_KEYS, optional: tuple[str, ...] = ("labels",)
+) -> dict[str, np.ndarray]:
+    """The ``required`` and ``optional`` arrays of an .npz archive, loaded without pickle.
 
     Each member's .npy header is read first: what it declares must fit in the member and in a
     :class:`_MemoryBudget` before the array is allocated, so a small archive cannot expand to gigabytes.
@@ -275,26 +355,26 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise CompressError(
             f"npz file {path} does not exist; expected an .npz with arrays "
-            f"{', '.join(_NPZ_KEYS)} (and optionally labels)"
+            f"{', '.join(required)}" + (f" (and optionally {', '.join(optional)})" if optional else "")
         )
     try:
         with open(path, "rb") as f:
             if f.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX:
                 raise CompressError(
                     f"{path} holds a single array, not an .npz archive; save it "
-                    f"with numpy.savez(file, {'=..., '.join(_NPZ_KEYS)}=...)"
+                    f"with numpy.savez(file, {'=..., '.join(required)}=...)"
                 )
         with zipfile.ZipFile(path) as archive:
             # numpy.savez names members KEY.npy; numpy.load also accepts a bare KEY
             members = {name.removesuffix(".npy"): archive.getinfo(name) for name in archive.namelist()}
-            missing = [key for key in _NPZ_KEYS if key not in members]
+            missing = [key for key in required if key not in members]
             if missing:
                 raise CompressError(
                     f"{path} lacks {', '.join(missing)} (it has "
                     f"{', '.join(members) or 'no arrays'}); it needs "
-                    f"{', '.join(_NPZ_KEYS)} and optionally labels"
+                    f"{', '.join(required)}" + (f" and optionally {', '.join(optional)}" if optional else "")
                 )
-            wanted = [key for key in (*_NPZ_KEYS, "labels") if key in members]
+            wanted = [key for key in (*required, *optional) if key in members]
             budget = _MemoryBudget()
             for key in wanted:
                 _check_npy_header(archive, members[key], key, path, budget)
@@ -374,7 +454,7 @@ def _npz_labels(arrays: dict[str, np.ndarray], key: str, path: Path) -> np.ndarr
 # --- image folders --------------------------------------------------------------------------
 
 
-def _read_folder(name: str, directory: Path) -> RawData:
+def _read_folder(name: str, directory: Path, options: FolderOptions = FolderOptions()) -> RawData:
     layout_hint = "DIR/train/<class>/*.png and DIR/test/<class>/*.png"
     _require_dir(directory, name, layout_hint)
     train_dirs = _class_dirs(directory / "train", layout_hint)
@@ -391,20 +471,36 @@ def _read_folder(name: str, directory: Path) -> RawData:
     for split, files in (("train", train_files), ("test", test_files)):
         if not files:
             raise CompressError(f"{directory / split} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); add some")
-    headers = [_header(p) for p in train_files + test_files]
-    mode = "L" if all(m in _GRAY_MODES for m, _ in headers) else "RGB"
-    size = headers[0][1]  # every image is resized to the first one's size
+    files = train_files + test_files
+    headers = [_header(p) for p in files]
+    size = options.size
+    if size is None:
+        size = headers[0][1]
+        other = next((i for i, (_, s) in enumerate(headers) if s != size), None)
+        if other is not None:
+            w, h = headers[other][1]
+            raise CompressError(
+                f"images in {directory} differ in size: {files[0].relative_to(directory)} is {size[0]}x{size[1]} "
+                f"but {files[other].relative_to(directory)} is {w}x{h}; add ?size=WxH to the data path to bring "
+                f"every image to the model's input size, e.g. folder:{directory}?size=224x224 (aspect kept by a "
+                "centre crop; &fit=pad or &fit=stretch otherwise)"
+            )
+    if options.channels is None:
+        channels = "gray" if all(m in _GRAY_MODES for m, _ in headers) else "rgb"
+    else:
+        channels = options.channels
     width, height = size
+    depth = 1 if channels == "gray" else 3
     _MemoryBudget().claim(
         directory,
-        f"{len(headers)} images of {width}x{height} pixels (the size of the first, {train_files[0].name})",
-        len(headers) * (1 if mode == "L" else 3) * width * height,
+        f"{len(headers)} images of {width}x{height} pixels and {depth} channel{'s' * (depth > 1)}",
+        len(headers) * depth * width * height,
     )
     return RawData(
         name,
-        _load_images(train_files, mode, size),
+        _load_images(train_files, channels, size, options.fit),
         y_train,
-        _load_images(test_files, mode, size),
+        _load_images(test_files, channels, size, options.fit),
         y_test,
         labels=classes,
         scale=1 / 255,
@@ -453,18 +549,42 @@ def _header(path: Path) -> tuple[str, tuple[int, int]]:
     return mode, (width, height)
 
 
-def _load_images(files: list[Path], mode: str, size: tuple[int, int]) -> np.ndarray:
-    """Decode every file into one uint8 (N, C, H, W) array, converted and resized."""
-    channels = 1 if mode == "L" else 3
-    out = np.empty((len(files), channels, size[1], size[0]), dtype=np.uint8)
+def _load_images(files: list[Path], channels: str, size: tuple[int, int], fit: str = "crop") -> np.ndarray:
+    """Decode every file into one uint8 (N, C, H, W) array: converted to ``channels`` (rgb, bgr or
+    gray) and brought to ``size`` (width, height) as ``fit`` says (an image of that size is kept as is)."""
+    mode = "L" if channels == "gray" else "RGB"
+    out = np.empty((len(files), 1 if mode == "L" else 3, size[1], size[0]), dtype=np.uint8)
     for i, path in enumerate(files):
         with _image_errors(path), Image.open(path) as img:
-            converted = img.convert(mode)
-        if converted.size != size:
-            converted = converted.resize(size, Image.Resampling.BILINEAR)
+            converted = _fit(img.convert(mode), size, fit)
         pixels = np.asarray(converted)
-        out[i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+        planes = pixels[None] if mode == "L" else pixels.transpose(2, 0, 1)
+        out[i] = planes[::-1] if channels == "bgr" else planes
     return out
+
+
+def _fit(img: Image.Image, size: tuple[int, int], fit: str) -> Image.Image:
+    """``img`` as exactly ``size`` (width, height), bilinear. crop: the centred box of the target's aspect
+    is scaled to it (scaled to cover, centre-cropped, with no oversized intermediate); pad: scaled to fit
+    inside and centred on black; stretch: scaled to it, aspect not kept."""
+    (w, h), (width, height) = img.size, size
+    if (w, h) == size:
+        return img
+    if fit == "stretch":
+        return img.resize(size, Image.Resampling.BILINEAR)
+    if fit == "crop":
+        if w * height > width * h:  # wider than the target: crop the sides
+            crop_w = h * width / height
+            box = ((w - crop_w) / 2, 0.0, (w + crop_w) / 2, float(h))
+        else:  # taller (or the same aspect): crop top and bottom
+            crop_h = w * height / width
+            box = (0.0, (h - crop_h) / 2, float(w), (h + crop_h) / 2)
+        return img.resize(size, Image.Resampling.BILINEAR, box=box)
+    scale = min(width / w, height / h)
+    inner = (min(width, max(1, round(w * scale))), min(height, max(1, round(h * scale))))
+    canvas = Image.new(img.mode, size, 0)
+    canvas.paste(img.resize(inner, Image.Resampling.BILINEAR), ((width - inner[0]) // 2, (height - inner[1]) // 2))
+    return canvas
 
 
 @contextlib.contextmanager
