@@ -25,10 +25,11 @@ from .hardware import available_memory_bytes
 # ONNX Runtime graph optimisation levels (bench times at any; export saves a graph optimised at one)
 OptimizationLevel = Literal["disable", "basic", "extended", "all"]
 
-# What compress feeds and scores today: one float32 input (a batch of samples) and (N, C) float logits.
+# What a teacher (distillation) and an exported student (parity check) are: one float32 input (a batch
+# of samples) and (N, C) float logits. Quantize and bench take models of any signature (OnnxModel).
 INPUT_TYPE = "tensor(float)"
 LOGIT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
-TAKES = "compress measures single-label classifiers today: one float32 input (N, ...) and (N, C) float logits"
+TAKES = "a classifier to distil from takes one float32 input (N, ...) and gives (N, C) float logits"
 PROTOBUF_LIMIT = 2**31 - 1  # bytes; shape inference serialises the model, so a larger one is read without weights
 ALLOCATION_FAILURE = re.compile(
     r"while running (\w+) node.*Failed to allocate memory for requested buffer of size (\d+)", re.DOTALL
@@ -120,17 +121,40 @@ def default_opset(model) -> int | None:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def load_classifier(path: str | Path, role: str = "model") -> OnnxClassifier:
-    """An :class:`OnnxClassifier` for a model file from anywhere, refused up front, before anything
-    runs: :func:`load_model`'s checks, then :func:`check_memory` on the shapes ONNX shape inference
-    finds (before a session exists: ONNX Runtime may fold constants while creating one), then the
-    inputs and outputs as ONNX Runtime sees them."""
+def load_any(path: str | Path, role: str = "model") -> OnnxModel:
+    """An :class:`OnnxModel` for a model file from anywhere, refused up front, before anything runs:
+    :func:`load_model`'s checks, then :func:`check_memory` on the shapes ONNX shape inference finds
+    (before a session exists: ONNX Runtime may fold constants while creating one). The graph also tells
+    which integer inputs index an embedding, for synthetic ids in range."""
     model = load_model(path, role)
     name = f"{role} {path}"
     inferred = _infer_shapes(model, path)
     if inferred is not None:
         check_memory(inferred, name)
-    return OnnxClassifier(open_session(path, role=role), name)
+    return OnnxModel(open_session(path, role=role), name, vocabularies(model.graph))
+
+
+def vocabularies(graph) -> dict[str, int]:
+    """Graph inputs used as the indices of a Gather on a constant table (an embedding lookup), directly
+    or through a Cast: the table's size along the gathered axis."""
+    from onnx import numpy_helper
+
+    tables = {init.name: list(init.dims) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            tables[node.output[0]] = list(numpy_helper.to_array(node.attribute[0].t).shape)
+    casts = {node.output[0]: node.input[0] for node in graph.node if node.op_type == "Cast"}
+    inputs = {value.name for value in graph.input} - set(tables)
+    found: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type != "Gather" or len(node.input) < 2 or node.input[0] not in tables:
+            continue
+        source = casts.get(node.input[1], node.input[1])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        table = tables[node.input[0]]
+        if source in inputs and -len(table) <= axis < len(table):
+            found[source] = min(found.get(source, table[axis]), table[axis])
+    return found
 
 
 def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
@@ -318,14 +342,106 @@ def _dims(shape: list) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def _fits(dims: list, sample_shape: tuple[int, ...]) -> bool:
-    """Samples of ``sample_shape`` fit an input's dimensions after the batch (symbolic ones fit any size)."""
-    return len(dims) == len(sample_shape) and all(not isinstance(d, int) or d == s for d, s in zip(dims, sample_shape))
+class OnnxModel:
+    """A session of any signature: its inputs as :class:`~compress.feeds.Input` s (type, dimensions, batch
+    axis), batched prediction of every output, timing calls, and onnxruntime's run-time failures as one line.
+
+    Inputs are fed from :class:`~compress.feeds.Samples`; a model takes numeric tensors only."""
+
+    def __init__(self, session, name: str = "model", vocabulary: dict[str, int] | None = None):
+        from .feeds import NUMPY_TYPES, Input, batch_axes
+
+        self.session = session
+        self.name = name
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        for port in inputs:
+            if port.type not in NUMPY_TYPES:
+                raise CompressError(
+                    f"{name} takes input {port.name!r} as {_shown(port)}; compress feeds numeric and bool tensors"
+                )
+        if not outputs:
+            raise CompressError(f"{name} has no outputs; a model compress measures gives at least one tensor")
+        axes = batch_axes([list(p.shape) for p in [*inputs, *outputs]])
+        vocabulary = vocabulary or {}
+        self.inputs = [
+            Input(p.name, p.type, tuple(p.shape), axes[i][0], vocabulary.get(p.name)) for i, p in enumerate(inputs)
+        ]
+        self.outputs = [Port(p.name, p.type, list(p.shape)) for p in outputs]
+        self._output_axes = [axis for axis, _ in axes[len(inputs) :]]
+        self._certain = [certain for _, certain in axes[len(inputs) :]]
+        first = self.inputs[0] if self.inputs else None
+        batched = first is not None and first.batch_axis is not None
+        self.fixed_batch = first.dims[0] if batched and isinstance(first.dims[0], int) else None
+
+    @property
+    def single_input(self) -> str | None:
+        """The name of the model's one batched float input, when that is all it takes (what image and
+        feature data feed), else None."""
+        if len(self.inputs) == 1 and self.inputs[0].batch_axis is not None and self.inputs[0].dtype.kind == "f":
+            return self.inputs[0].name
+        return None
+
+    def signature(self) -> str:
+        """``'bytes' int32 [N, 2048]; 'mask' bool [N, 64]``: the inputs, for messages."""
+        return "; ".join(f"{spec.name!r} {spec.shown()}" for spec in self.inputs)
+
+    def run(self, samples) -> list[np.ndarray]:
+        """Every output for one batch of ``samples``, with the batch on axis 0 of each batched output."""
+        try:
+            got = self.session.run(None, samples.feeds(self.inputs))
+        except Exception as exc:
+            raise self.failure(samples, exc) from None
+        return [self._samples_first(i, np.asarray(y), len(samples)) for i, y in enumerate(got)]
+
+    def _samples_first(self, index: int, y: np.ndarray, n: int) -> np.ndarray:
+        axis = self._output_axes[index]
+        port = self.outputs[index]
+        if axis is None and not port.shape and y.ndim and len(y) == n:  # rank unknown: a leading batch
+            axis = self._output_axes[index] = 0
+        elif axis is not None and not self._certain[index] and (y.ndim <= axis or y.shape[axis] != n):
+            axis = self._output_axes[index] = None  # the batch axis was a guess, and a wrong one
+        if axis is None:
+            return y[None]  # not per sample: one entry per batch
+        if y.ndim <= axis or y.shape[axis] != n:
+            raise CompressError(
+                f"{self.name} gave output {port.name!r} of shape {list(y.shape)} for a batch of {n} samples, "
+                f"where its declared shape {_dims(port.shape)} has the batch on axis {axis}; a model compress "
+                "measures keeps one result per sample"
+            )
+        return np.moveaxis(y, axis, 0) if axis else y
+
+    def predict(self, samples, batch_size: int = 256) -> list[np.ndarray]:
+        """Every output for all of ``samples``, in batches (padded to a fixed batch size), samples on axis 0
+        (outputs without a batch axis: one entry per batch)."""
+        step = self.fixed_batch or batch_size
+        pieces: list[list[np.ndarray]] = []
+        for start in range(0, len(samples), step):
+            chunk = samples.rows(slice(start, start + step))
+            n = len(chunk)
+            if self.fixed_batch and n < self.fixed_batch:
+                chunk = chunk.padded(self.fixed_batch)
+            pieces.append([y[:n] if self._output_axes[i] is not None else y for i, y in enumerate(self.run(chunk))])
+        return [np.concatenate([p[i] for p in pieces]) for i in range(len(self.outputs))]
+
+    def call(self, samples) -> Callable[[], object]:
+        """A run on ``samples`` for timing: the feeds made once, only the run in the hot path."""
+        session, feeds = self.session, samples.feeds(self.inputs)
+
+        def run() -> object:
+            try:
+                return session.run(None, feeds)
+            except Exception as exc:
+                raise self.failure(samples, exc) from None
+
+        return run
+
+    def failure(self, samples, exc: Exception) -> CompressError:
+        return run_failure(f"{self.name} on {samples.describe()}", exc, "inputs of these shapes")
 
 
 class OnnxClassifier:
-    """One-input classifier session: signature and shape checks, batched prediction, and
-    onnxruntime's run-time failures as one-line errors."""
+    """A classifier's session (an ONNX teacher, an exported student): one float32 input, (N, C) logits
+    first; batched prediction, and onnxruntime's run-time failures as one-line errors."""
 
     def __init__(self, session, name: str = "model"):
         self.session = session
@@ -342,55 +458,6 @@ class OnnxClassifier:
     def sample_shape(self) -> tuple | None:
         dims = self.input_shape[1:]
         return tuple(dims) if all(isinstance(d, int) for d in dims) else None
-
-    def synthetic_samples(self, n: int, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> np.ndarray:
-        """``n`` standard-normal samples of the input's shape, for timing and fidelity without data.
-
-        ``shapes`` (``--shape NAME=1x3x224x224``) fixes the input's symbolic dimensions; its batch
-        dimension is not used (the samples are ``n``)."""
-        given = shapes.get(self.input_name)
-        unknown = set(shapes) - {self.input_name}
-        if unknown:
-            raise CompressError(
-                f"--shape names {sorted(unknown)[0]!r}, which is not an input of {self.name}; "
-                f"its input is {self.input_name!r}"
-            )
-        if given is not None:
-            if not _fits(self.input_shape[1:], given[1:]):
-                raise CompressError(
-                    f"--shape {self.input_name}={'x'.join(map(str, given))} does not fit input {self.input_name!r} of "
-                    f"{self.name}, of shape {_dims(self.input_shape)}; fix only its symbolic dimensions"
-                )
-            sample = given[1:]
-        elif self.sample_shape is not None:
-            sample = self.sample_shape
-        else:
-            example = "x".join(str(d) if isinstance(d, int) else "N" for d in self.input_shape)
-            raise CompressError(
-                f"{self.name} has symbolic dimensions in input {self.input_name!r} {_dims(self.input_shape)} and no "
-                f"data says how large its samples are; give them with --shape {self.input_name}={example} "
-                "(numbers for every N), or pass --data"
-            )
-        return np.random.default_rng(seed).standard_normal((n, *sample)).astype(np.float32)
-
-    def check_fits(self, in_shape: tuple[int, ...], data_name: str) -> None:
-        """CompressError unless samples of ``in_shape`` fit the model's input."""
-        dims = self.input_shape[1:]
-        if _fits(dims, in_shape):
-            return
-        shown = _dims(self.input_shape)
-        # (C, H, W) samples against an (H, W, C) input whose channel axis is fixed: a channels-last model
-        if len(in_shape) == 3 and _fits(dims, (*in_shape[1:], in_shape[0])) and isinstance(dims[-1], int):
-            raise CompressError(
-                f"{self.name} takes input {self.input_name!r} of shape {shown}, channels last (NHWC), but compress "
-                f"feeds NCHW samples ({data_name}: {list(in_shape)}); transpose to NCHW: re-export the model with an "
-                "(N, C, H, W) input, or put a Transpose(perm=[0, 2, 3, 1]) in front of its input"
-            )
-        raise CompressError(
-            f"{self.name} takes input {self.input_name!r} of shape {shown} but "
-            f"{data_name} gives samples of shape {list(in_shape)}; use the data "
-            "the model was trained on"
-        )
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The logits of ``batch``: one row per sample."""
@@ -420,17 +487,7 @@ class OnnxClassifier:
 
     def failure(self, batch: np.ndarray, exc: Exception) -> CompressError:
         """onnxruntime's exception from running ``batch``, as one line with what to do."""
-        where = f"{self.name} on a batch of shape {list(batch.shape)}"
-        found = ALLOCATION_FAILURE.search(str(exc))
-        if found:
-            return CompressError(
-                f"onnxruntime could not allocate {int(found[2]) / 2**30:,.1f} GiB running {where} (in its "
-                f"{found[1]} node); check the shapes the graph asks for, or run it on a machine with more memory"
-            )
-        return CompressError(
-            f"onnxruntime failed running {where} ({first_line(exc)}); check that the model runs in "
-            "onnxruntime on float32 batches of this shape"
-        )
+        return run_failure(f"{self.name} on a batch of shape {list(batch.shape)}", exc, "float32 batches of this shape")
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Logits for every row of ``x`` (float32), in batches; a fixed batch size is padded to."""
@@ -452,6 +509,19 @@ class OnnxClassifier:
         if len(y) == 0:
             raise CompressError("no samples to measure accuracy on; use data with a non-empty split")
         return float((self.predict(x).argmax(axis=1) == np.asarray(y)).mean())
+
+
+def run_failure(where: str, exc: Exception, fed: str) -> CompressError:
+    """onnxruntime's exception from running a model (``where``: which, on what), as one line with what to do."""
+    found = ALLOCATION_FAILURE.search(str(exc))
+    if found:
+        return CompressError(
+            f"onnxruntime could not allocate {int(found[2]) / 2**30:,.1f} GiB running {where} (in its "
+            f"{found[1]} node); check the shapes the graph asks for, or run it on a machine with more memory"
+        )
+    return CompressError(
+        f"onnxruntime failed running {where} ({first_line(exc)}); check that the model runs in onnxruntime on {fed}"
+    )
 
 
 def model_info(path: str | Path) -> dict[str, Any]:

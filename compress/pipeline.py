@@ -424,7 +424,12 @@ def summary_rows(plan: Plan) -> list[dict[str, Any]]:
             continue
         measured = model["providers"][provider]
         latency = {
-            str(r["batch_size"]): {"p50_ms": r["p50_ms"], "speedup": r["speedup"], "speedup_ci": r["speedup_ci"]}
+            str(r["batch_size"]): {
+                "p50_ms": r["p50_ms"],
+                "speedup": r["speedup"],
+                "speedup_ci": r["speedup_ci"],
+                "baseline_p50_ms": r.get("baseline_p50_ms"),
+            }
             for r in report["rows"]
             if r["model"] == model["name"] and r["provider"] == provider and r["threads"] == threads
         }
@@ -445,28 +450,34 @@ def summary_rows(plan: Plan) -> list[dict[str, Any]]:
     return rows
 
 
+def _speedup_cell(latency: dict[str, Any]) -> str:
+    if latency["speedup"] is None:
+        return "–"
+    paired = latency.get("baseline_p50_ms")
+    return f"{latency['speedup']:.2f}x" + ("" if paired is None else f" ({paired:.3f})")
+
+
 def summary_table(rows: list[dict[str, Any]]) -> str:
     """The final table on the terminal: each variant against the teacher."""
     if not rows:
         return ""
     batches = list(rows[0]["latency"])
     header = ["variant", "top-1 %", "Δ pts", "params", "MACs", "KiB"]
-    header += [f"p50 ms b{b}" for b in batches] + [f"speed-up b{b}" for b in batches]
+    # a speed-up comes from rounds alternating with the teacher: the teacher's p50 in those rounds beside it
+    header += [f"p50 ms b{b}" for b in batches] + [f"speed-up b{b} (teacher ms)" for b in batches]
     lines = [header]
     for row in rows:
         delta = row["accuracy_delta_points"]
         cells = [
             row["variant"],
-            f"{100 * row['top1']:.2f}",
-            "–" if row is rows[0] else f"{delta:+.2f}",
+            "–" if row["top1"] is None else f"{100 * row['top1']:.2f}",
+            "–" if row is rows[0] or delta is None else f"{delta:+.2f}",
             _count(row["params"]),
             _count(row["macs"]),
             f"{row['size_bytes'] / 1024:.1f}",
         ]
         cells += [f"{row['latency'][b]['p50_ms']:.3f}" for b in batches]
-        cells += [
-            "–" if row["latency"][b]["speedup"] is None else f"{row['latency'][b]['speedup']:.2f}x" for b in batches
-        ]
+        cells += [_speedup_cell(row["latency"][b]) for b in batches]
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = "\n".join(
@@ -474,7 +485,8 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     )
     return (
         f"{text}\n({rows[0]['provider']} execution provider, {rows[0]['threads']} thread(s); "
-        "speed-up against the teacher, each timed in rounds alternating with it)"
+        "speed-up against the teacher, each timed in rounds alternating with it; in brackets the teacher's p50 in "
+        "those rounds)"
     )
 
 

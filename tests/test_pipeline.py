@@ -76,7 +76,9 @@ def test_tiny_recipe_runs_every_stage_and_ends_with_the_summary(in_tmp, capsys):
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["variant", "top-1", "%"]
     student_line = next(line for line in lines if line.startswith("student int8"))
-    assert student_line.rstrip().endswith("x")
+    # its speed-up, with the teacher's p50 in the rounds it was timed against
+    paired = log["variants"][2]["latency"]["1"]["baseline_p50_ms"]
+    assert student_line.rstrip().endswith(f"x ({paired:.3f})")
     assert "report: runs/tiny/report/report.html" in out
     assert log["variants"][1]["macs"] < log["variants"][0]["macs"]
 

@@ -125,8 +125,13 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
 
 def fingerprint(raw: RawData) -> str:
     """sha256 over dtype, shape and bytes of the raw train and test images and labels."""
+    return fingerprint_arrays([raw.x_train, raw.y_train, raw.x_test, raw.y_test])
+
+
+def fingerprint_arrays(arrays: list[np.ndarray]) -> str:
+    """sha256 over dtype, shape and bytes of ``arrays``, in order."""
     digest = hashlib.sha256()
-    for array in (raw.x_train, raw.y_train, raw.x_test, raw.y_test):
+    for array in arrays:
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         digest.update(array.data)

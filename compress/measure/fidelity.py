@@ -47,5 +47,48 @@ def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(((ref_top == cand_top) | (margin <= TIE_TOLERANCE * spread)).mean())
 
 
-def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
-    return float((outputs.argmax(1) == labels).mean())
+def gives_classes(output: np.ndarray) -> bool:
+    """A classifier's output: float scores of two or more classes for each sample, (N, C)."""
+    return output.ndim == 2 and output.shape[1] > 1 and output.dtype.kind == "f"
+
+
+def classifier_accuracy(output: np.ndarray, labels: np.ndarray | None) -> float | None:
+    """The share of samples whose top-1 class is their label; None without labels or classes (or when a
+    label is not one of the output's classes: the labels are not the model's)."""
+    if labels is None or not gives_classes(output) or len(labels) != len(output) or not len(labels):
+        return None
+    if labels.max() >= output.shape[1]:
+        return None
+    return float((output.argmax(1) == labels).mean())
+
+
+def loss_measure(output: np.ndarray) -> str:
+    """What the fidelity loss of ``output`` is, without labels (see :func:`compare_all`)."""
+    if gives_classes(output):
+        return "top-1 disagreements in points"
+    if output.dtype.kind in "iub":
+        return "changed values in percent"
+    return "relative L2 error in percent"
+
+
+def compare_all(references: list[np.ndarray], candidates: list[np.ndarray], names: list[str]) -> dict[str, Any]:
+    """Every output of a candidate against the reference's: the first output's figures, its loss in
+    points without labels (top-1 disagreements for classes, the share of changed values for integer
+    outputs, else the relative L2 error in percent), and each output's figures under ``outputs``."""
+    each = []
+    for name, reference, candidate in zip(names, references, candidates):
+        found = compare_outputs(reference, candidate)
+        if reference.dtype.kind in "iub":
+            found["changed"] = float(np.mean(reference != candidate)) if reference.size else 0.0
+        each.append({"name": name, **found})
+    first = dict(each[0])
+    first.pop("name")
+    measure = loss_measure(references[0])
+    if measure.startswith("top-1"):
+        loss = 100 * (1 - first["top1_agreement"])
+    elif measure.startswith("changed"):
+        loss = 100 * first["changed"]
+    else:
+        loss = 100 * first["relative_l2"]
+    first.pop("changed", None)
+    return {**first, "loss_points": loss, "outputs": each if len(each) > 1 else None}

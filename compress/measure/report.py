@@ -12,6 +12,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,16 @@ def _fmt_speedup(row: dict) -> str:
     return text if row["verdict"] == "faster" else f"{text} {row['verdict']}"
 
 
+def _fmt_fidelity(measured: dict, is_baseline: bool) -> str:
+    """How close a model's outputs are to the baseline's: top-1 agreement for classes, else relative L2."""
+    if is_baseline:
+        return "–"
+    if measured.get("agreement_with_baseline") is not None:
+        return f"agrees {100 * measured['agreement_with_baseline']:.2f}%"
+    distance = measured.get("fidelity_to_baseline")
+    return "–" if distance is None else f"rel. L2 {distance['relative_l2']:.4f}"
+
+
 def _fmt_count(value: int | None) -> str:
     """12_300_000 -> '12.3M': MACs at a glance."""
     if value is None:
@@ -89,7 +101,10 @@ def table_rows(report: dict) -> list[list[str]]:
     for r in report["rows"]:
         m = models[r["model"]]
         acc = m["providers"][r["provider"]]
-        delta = "" if m["baseline"] else f" ({acc['accuracy_delta_points']:+.2f})"
+        delta = acc["accuracy_delta_points"]
+        top1 = "–" if acc["top1"] is None else f"{100 * acc['top1']:.2f}"
+        if not m["baseline"] and delta is not None:
+            top1 += f" ({delta:+.2f})"
         paired = r.get("baseline_p50_ms")
         rows.append(
             [
@@ -100,7 +115,8 @@ def table_rows(report: dict) -> list[list[str]]:
                 f"{m['params']:,}" if m["params"] else "–",
                 _fmt_count(m["macs"]),
                 f"{m['size_bytes'] / 1024:.0f}",
-                f"{100 * acc['top1']:.2f}{delta}",
+                top1,
+                _fmt_fidelity(acc, m["baseline"]),
                 f"{r['p50_ms']:.3f}",
                 f"{r['p90_ms']:.3f}",
                 f"{r['p99_ms']:.3f}",
@@ -128,6 +144,7 @@ def header(report: dict) -> list[str]:
         "MACs",
         "KiB",
         "top-1 % (Δ pts)",
+        "vs baseline",
         "p50 ms",
         "p90 ms",
         "p99 ms",
@@ -214,12 +231,25 @@ def _model_notes(report: dict) -> list[str]:
                 "as its manifest records" if how == "manifest" else f"by `--preprocessing {how}` (no manifest says how)"
             )
             lines.append(f"- `{m['name']}`: test data `{m['data']}`, normalised {fed}.")
+        elif m.get("synthetic_inputs"):
+            drawn = "; ".join(f"`{i['name']}` {i['type']}: {i['values']}" for i in m["synthetic_inputs"])
+            lines.append(f"- `{m['name']}`: synthetic inputs ({drawn}).")
+        else:
+            lines.append(f"- `{m['name']}`: test data `{m['data']}`, fed as stored.")
+        if m.get("accuracy_not_measured"):
+            lines.append(f"- `{m['name']}`: **accuracy not measured**: {m['accuracy_not_measured']}.")
         for provider, p in m["providers"].items():
             extra = []
             if p["top5"] is not None:
                 extra.append(f"top-5 {100 * p['top5']:.2f}%")
             if p.get("agreement_with_baseline") is not None and not m["baseline"]:
                 extra.append(f"agrees with the baseline on {100 * p['agreement_with_baseline']:.2f}%")
+            distance = p.get("fidelity_to_baseline")
+            if distance is not None:
+                extra.append(
+                    f"first output against the baseline's: cosine {distance['cosine']:.4f}, relative L2 "
+                    f"{distance['relative_l2']:.4f}, max abs diff {distance['max_abs_diff']:.3g}"
+                )
             if p.get("peak_memory_mb") is not None:
                 extra.append(
                     f"peak RSS {p['peak_memory_mb']:.0f} MiB (the process held "
@@ -263,6 +293,40 @@ def plot_png(report: dict) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class _Quality:
+    """What the plot's vertical axis shows: accuracy where every model has it, else closeness to the
+    baseline, else (latency only) the models by name."""
+
+    title: str
+    label: str
+    of: Callable[[dict, str, int], float]  # (model entry, provider, model index) -> value
+    higher_is_better: bool = True
+
+
+def _quality(report: dict) -> _Quality:
+    measured = [p for m in report["models"] for p in m["providers"].values()]
+    others = [p for m in report["models"] if not m["baseline"] for p in m["providers"].values()]
+    if all(p["top1"] is not None for p in measured):
+        return _Quality("Accuracy", "top-1 accuracy, %", lambda m, provider, i: 100 * m["providers"][provider]["top1"])
+    if all(p.get("agreement_with_baseline") is not None for p in measured):
+        return _Quality(
+            "Agreement with the baseline",
+            "top-1 agreement with the baseline, %",
+            lambda m, provider, i: 100 * m["providers"][provider]["agreement_with_baseline"],
+        )
+    if others and all(p.get("fidelity_to_baseline") is not None for p in others):
+        return _Quality(
+            "Output error",
+            "relative L2 error of the first output against the baseline's (lower is better)",
+            lambda m, provider, i: (
+                0.0 if m["baseline"] else m["providers"][provider]["fidelity_to_baseline"]["relative_l2"]
+            ),
+            higher_is_better=False,
+        )
+    return _Quality("Latency", "model", lambda m, provider, i: float(i))
+
+
 def plot_figure(report: dict) -> Any:
     """Accuracy against p50 latency, one panel per provider x thread count (rows) and batch size
     (columns). Each model keeps its colour and marker in every panel, its p50 interval drawn as an
@@ -275,6 +339,7 @@ def plot_figure(report: dict) -> Any:
 
     config = report["config"]
     models = {m["name"]: m for m in report["models"]}
+    quality = _quality(report)
     lines = [(provider, threads) for provider in config["providers"] for threads in config["threads"]]
     batches = config["batch_sizes"]
     fig, axes = plt.subplots(
@@ -287,15 +352,15 @@ def plot_figure(report: dict) -> Any:
                 for r in report["rows"]
                 if (r["provider"], r["threads"], r["batch_size"]) == (provider, threads, batch)
             ]
-            _panel(ax, rows, models)
+            _panel(ax, rows, models, quality)
             ax.set_title(f"{provider}, batch {batch}, {threads} thread{'s' if threads > 1 else ''}", fontsize=9)
-    fig.supylabel("top-1 accuracy, %", fontsize=9)
-    fig.suptitle("Accuracy against latency")
+    fig.supylabel(quality.label, fontsize=9)
+    fig.suptitle(f"{quality.title} against latency")
     fig.tight_layout()
     return fig
 
 
-def _panel(ax: Any, rows: list[dict], models: dict[str, dict]) -> None:
+def _panel(ax: Any, rows: list[dict], models: dict[str, dict], quality: _Quality) -> None:
     """One provider x threads x batch size: a point per model, the Pareto front, a legend."""
     order = list(models)  # a model's place in the report fixes its colour and marker
     points = []
@@ -303,7 +368,7 @@ def _panel(ax: Any, rows: list[dict], models: dict[str, dict]) -> None:
         m = models[r["model"]]
         i = order.index(r["model"])
         colour = f"C{i % 10}"
-        accuracy = 100 * m["providers"][r["provider"]]["top1"]
+        accuracy = quality.of(m, r["provider"], i)
         low, high = r["p50_ci_ms"]
         label = f"{r['model']} (baseline)" if m["baseline"] else f"{r['model']}: {_fmt_speedup(r)}"
         ax.errorbar(
@@ -319,7 +384,7 @@ def _panel(ax: Any, rows: list[dict], models: dict[str, dict]) -> None:
             zorder=3,
         )
         points.append((r["p50_ms"], accuracy))
-    front = pareto_front(points)
+    front = pareto_front([(lat, q if quality.higher_is_better else -q) for lat, q in points])
     if len(front) > 1:
         ax.plot(
             [points[i][0] for i in front],
@@ -330,6 +395,9 @@ def _panel(ax: Any, rows: list[dict], models: dict[str, dict]) -> None:
             label="Pareto front",
             zorder=2,
         )
+    if quality.label == "model":
+        ax.set_yticks(range(len(order)), order, fontsize=7)
+        ax.set_ylim(-0.5, len(order) - 0.5)
     if rows:
         # a log axis over less than a decade has no round ticks to label: linear there
         spread = max(r["p50_ci_ms"][1] for r in rows) / min(r["p50_ci_ms"][0] for r in rows)

@@ -107,18 +107,35 @@ class Timing(_Strict):
     method: str
 
 
+class OutputDistance(_Strict):
+    """How far one output moved from another's on the same inputs."""
+
+    cosine: float = Field(description="Mean cosine similarity per sample.")
+    relative_l2: Annotated[float, Field(ge=0)]
+    max_abs_diff: Annotated[float, Field(ge=0)]
+
+
 class ProviderResult(_Strict):
     """One model on one execution provider: start-up, accuracy on the test split, memory."""
 
     session_create_s: Seconds
     first_run_s: Seconds
-    top1: Fraction
-    top5: Fraction | None = Field(description="Null when the model has at most 5 classes.")
+    top1: Fraction | None = Field(
+        description="Null when accuracy was not measured: no labels (see the model's accuracy_not_measured), "
+        "or a first output that gives no classes."
+    )
+    top5: Fraction | None = Field(description="Null when the model has at most 5 classes, or no top-1.")
     test_samples: Count
     agreement_with_baseline: Fraction | None = Field(
-        description="Share of test samples with the baseline's prediction; null when their test splits differ."
+        description="Share of test samples with the baseline's top-1 class; null when their inputs differ or "
+        "the output gives no classes."
     )
-    accuracy_delta_points: float = Field(ge=-100, le=100, description="top-1 minus the baseline's, in points.")
+    fidelity_to_baseline: OutputDistance | None = Field(
+        None, description="The first output against the baseline's on the same inputs; null where they differ."
+    )
+    accuracy_delta_points: float | None = Field(
+        ge=-100, le=100, description="top-1 minus the baseline's, in points; null when either is not measured."
+    )
     placement: dict[str, Annotated[int, Field(ge=0)]] | None = Field(
         description="Nodes run by each onnxruntime provider; null on the CPU provider."
     )
@@ -130,6 +147,13 @@ class ProviderResult(_Strict):
     )
 
 
+class SyntheticInput(_Strict):
+    name: str
+    type: str = Field(description="Declared type and shape, e.g. 'int32 [N, 2048]'.")
+    batch_axis: Annotated[int, Field(ge=0)] | None
+    values: str = Field(description="How the values were drawn, e.g. 'integers in [0, 255]'.")
+
+
 class ModelEntry(_Strict):
     name: str = Field(min_length=1)
     path: str
@@ -139,12 +163,16 @@ class ModelEntry(_Strict):
     macs: Annotated[int, Field(ge=0)] | None
     stage: str | None = Field(description="The compress stage that wrote the model; null without a manifest.")
     baseline: bool
-    data: str = Field(description="The data spec the accuracy was measured on.")
+    data: str = Field(description="The data spec the accuracy was measured on, or 'synthetic inputs'.")
     # optional fields: reports of earlier compress versions, of the same format, lack them
     preprocessing: Literal["manifest", "fit", "scale", "raw"] | None = Field(
         None,
         description="How its inputs were normalised: as its manifest records, or by --preprocessing (a model "
-        "without a manifest); null in reports that do not say.",
+        "without a manifest); null for arrays fed as stored and synthetic inputs, and in reports that do not say.",
+    )
+    accuracy_not_measured: str | None = Field(None, description="Why, when no accuracy could be measured.")
+    synthetic_inputs: list[SyntheticInput] | None = Field(
+        None, description="Without data: each input and how its values were drawn."
     )
     providers: dict[Provider, ProviderResult] = Field(min_length=1)
 

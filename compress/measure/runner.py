@@ -12,10 +12,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import CompressError, first_line, foreign_errors
-from ..onnx_io import OnnxClassifier, open_session
+from ..feeds import Samples
+from ..onnx_io import OnnxModel, open_session
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
@@ -49,7 +48,7 @@ def provider_chain(provider: str) -> list[str]:
 class Loaded:
     """A session ready to time, with what it cost to get there."""
 
-    runner: OnnxClassifier
+    runner: OnnxModel
     provider: str
     create_s: float
 
@@ -65,10 +64,10 @@ def load(path: Path, provider: str, threads: int | None, optimization: str) -> L
             f"{path}: onnxruntime could not start {PROVIDERS[provider]} (it fell back "
             "to CPU for the whole model); check the GPU driver and CUDA libraries"
         )
-    return Loaded(OnnxClassifier(session, f"model {path}"), provider, create_s)
+    return Loaded(OnnxModel(session, f"model {path}"), provider, create_s)
 
 
-def make_call(loaded: Loaded, batch: np.ndarray, include_copies: bool) -> Callable[[], object]:
+def make_call(loaded: Loaded, batch: Samples, include_copies: bool) -> Callable[[], object]:
     """The timed call. On a GPU, inputs and outputs stay on the device (IOBinding) unless
     ``include_copies``, so host-device copies are not silently part of the figure."""
     runner = loaded.runner
@@ -79,10 +78,15 @@ def make_call(loaded: Loaded, batch: np.ndarray, include_copies: bool) -> Callab
     device = "cuda"
     session = runner.session
     with foreign_errors(f"onnxruntime cannot place a batch for {runner.name} on the GPU", "check the GPU's memory"):
-        value = ort.OrtValue.ortvalue_from_numpy(batch, device, 0)
         binding = session.io_binding()
-        binding.bind_ortvalue_input(runner.input_name, value)
-        binding.bind_output(runner.output_name, device)
+        values = {
+            name: ort.OrtValue.ortvalue_from_numpy(array, device, 0)
+            for name, array in batch.feeds(runner.inputs).items()
+        }
+        for name, value in values.items():
+            binding.bind_ortvalue_input(name, value)
+        for output in runner.outputs:
+            binding.bind_output(output.name, device)
 
     def run_bound():
         try:
@@ -100,9 +104,7 @@ def first_run_s(call: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def node_placement(
-    path: Path, provider: str, threads: int | None, optimization: str, batch: np.ndarray
-) -> dict[str, int]:
+def node_placement(path: Path, provider: str, threads: int | None, optimization: str, batch: Samples) -> dict[str, int]:
     """How many nodes each provider ran, from one profiled run (a GPU provider may silently leave
     some nodes to the CPU)."""
     import onnxruntime as ort
@@ -115,7 +117,7 @@ def node_placement(
         options.profile_file_prefix = str(Path(folder) / "profile")
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=provider_chain(provider))
-            runner = OnnxClassifier(session, f"model {path}")
+            runner = OnnxModel(session, f"model {path}")
             runner.run(batch)
             events = json.loads(Path(session.end_profiling()).read_text())
         except CompressError:
@@ -133,7 +135,7 @@ def node_placement(
 
 
 def peak_memory_mb(
-    path: Path, provider: str, threads: int | None, optimization: str, batch: np.ndarray, runs: int = 10
+    path: Path, provider: str, threads: int | None, optimization: str, batch: Samples, runs: int = 10
 ) -> tuple[float, float]:
     """Peak resident memory (MiB) of a fresh process that loads the model and runs it, and what
     the same process held before loading it (the runtime and libraries alone).
@@ -152,7 +154,7 @@ def peak_memory_mb(
 
 
 def _measure_peak_memory(
-    path: str, provider: str, threads: int | None, optimization: str, batch: np.ndarray, runs: int
+    path: str, provider: str, threads: int | None, optimization: str, batch: Samples, runs: int
 ) -> tuple[float, float]:
     import importlib
 

@@ -127,6 +127,23 @@ SHAPES_HELP = (
 )
 
 
+def _valid_ranges(items: list[str]) -> list[str]:
+    from ..feeds import parse_ranges
+
+    parse_ranges(items)  # a ValueError names the item
+    return items
+
+
+# ``--input-range NAME=LOW:HIGH`` (repeatable): the values synthetic inputs are drawn from (feeds.synthetic).
+InputRanges = Annotated[
+    list[str], Cli(flags=("--input-range",), metavar="NAME=LOW:HIGH", repeat=True), AfterValidator(_valid_ranges)
+]
+RANGES_HELP = (
+    "Values of a model input made without data, inclusive (e.g. input_ids=0:30521; repeatable). Default: "
+    "standard normal floats, 0-255 for uint8, ids within the embedding they index, else 0-1; bools true."
+)
+
+
 def type_word(value: Any) -> str:
     """``3`` -> ``a whole number``: what a value is, in a message."""
     return _TYPE_WORDS.get(type(value), type(value).__name__)

@@ -17,19 +17,23 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from ..artifacts import cached_sha256, read_manifest
-from ..data import PREPROCESSING_HELP, Dataset, PreprocessingChoice, load_dataset_for
+from ..data import PREPROCESSING_HELP, PreprocessingChoice
+from ..data.model_data import ModelData, load_model_data
 from ..errors import CompressError
+from ..feeds import Samples, parse_ranges
 from ..hardware import machine_info
+from ..measure.fidelity import classifier_accuracy, compare_outputs, gives_classes
 from ..measure.latency import LatencyStats, compare, time_calls
 from ..measure.report import REPORT_FILES, write_report
 from ..measure.runner import PROVIDERS, check_available, first_run_s, load, make_call, node_placement, peak_memory_mb
 from ..measure.stats import median_ci, speedup_ci, verdict
-from ..onnx_io import OptimizationLevel, load_classifier, model_info
-from .base import Cli, Shortcut, Stage, StageConfig
+from ..onnx_io import OptimizationLevel, load_any, model_info, parse_shapes
+from .base import RANGES_HELP, SHAPES_HELP, Cli, InputRanges, InputShapes, Shortcut, Stage, StageConfig
 from .train import DATA_HELP, MAX_BATCH, MAX_SAMPLES, MAX_THREADS
 
 REPORT_FORMAT = "compress-bench-report/1"
 log = logging.getLogger(__name__).info
+SYNTHETIC_SAMPLES = 1000  # inputs drawn from the signature when there is no data
 MAX_RUNS = 100_000  # the timing harness stops at this many runs (time_calls' max_runs)
 ROUNDS = 7  # the min-max of 7 per-round speed-ups holds the median speed-up with 98% confidence
 
@@ -55,7 +59,11 @@ class BenchConfig(StageConfig):
         "a report already there is replaced.",
     )
     baseline: str | None = Field(None, description="The model the others are compared with (default: the first).")
-    data: str | None = Field(None, description=f"Test data (default: each model's manifest data): {DATA_HELP}.")
+    data: str | None = Field(
+        None,
+        description=f"Test data (default: each model's manifest data; none: latency only, on synthetic inputs): "
+        f"{DATA_HELP}; or npz:FILE with arrays named after the model's inputs and optionally y (labels).",
+    )
     preprocessing: PreprocessingChoice | None = Field(
         None,
         description=f"For a model without a manifest: {PREPROCESSING_HELP}.",
@@ -81,10 +89,12 @@ class BenchConfig(StageConfig):
         False, description="GPU: time host-to-device and back copies too (default: IOBinding keeps data on the device)."
     )
     accuracy_samples: int | None = Field(
-        None, ge=1, le=MAX_SAMPLES, description="Test samples for accuracy (default: all)."
+        None, ge=1, le=MAX_SAMPLES, description="Test samples for accuracy (default: all; 1000 synthetic ones)."
     )
     memory: bool = Field(True, description="Measure each model's peak resident memory in a fresh process.")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the intervals (0.5-1).")
+    shapes: InputShapes = Field(default_factory=list, description=SHAPES_HELP)
+    input_ranges: InputRanges = Field(default_factory=list, description=RANGES_HELP)
 
     @field_validator("models")
     @classmethod
@@ -136,52 +146,58 @@ def measure(config: BenchConfig) -> dict[str, Any]:
     providers = config.providers
     paths = [Path(m) for m in config.models]
     baseline = Path(config.baseline) if config.baseline else paths[0]
+    shapes, ranges = parse_shapes(config.shapes), parse_ranges(config.input_ranges)
     models = {}
-    datasets: dict[tuple, Dataset] = {}
+    cache: dict[tuple, Any] = {}
     for path in paths:
-        runner = load_classifier(path, role="model")
+        model = load_any(path, role="model")
         manifest = read_manifest(path)
-        dataset = load_dataset_for(str(path), manifest, config.data, config.preprocessing, cache=datasets)
-        if not len(dataset.y_test):
+        data = load_model_data(
+            path,
+            model,
+            manifest,
+            config.data,
+            config.preprocessing,
+            shapes,
+            ranges,
+            config.accuracy_samples or SYNTHETIC_SAMPLES,
+            cache=cache,
+        )
+        if not len(data.test):
             raise CompressError("the test split has no samples; use data with test samples")
-        runner.check_fits(dataset.in_shape, dataset.spec)
-        # one run before any measuring: a model that fails or gives no (N, C) logits stops here
-        runner.run(_batch(dataset.x_test, max(config.batch_sizes)))
-        models[path] = {"manifest": manifest, "dataset": dataset, "name": _name(path, paths)}
+        # one run before any measuring: a model that fails here stops here
+        model.run(data.test.batch(max(config.batch_sizes)))
+        models[path] = {"manifest": manifest, "data": data, "name": _name(path, paths)}
 
     entries = {path: _describe(path, info, baseline, config) for path, info in models.items()}
     rows = []
     for provider in providers:
         log(f"{provider}: accuracy")
-        predictions = {}
+        outputs = {}
         for path, info in models.items():
             loaded = load(path, provider, max(config.threads), config.optimization)
-            x, y = _test_split(info["dataset"], config.accuracy_samples)
+            x, y = _test_split(info["data"], config.accuracy_samples)
             # the very first run of a fresh session, before anything else touches it
-            first = first_run_s(make_call(loaded, _batch(x, max(config.batch_sizes)), config.include_copies))
-            logits = loaded.runner.predict(x)
-            predictions[path] = logits.argmax(1)
+            first = first_run_s(make_call(loaded, x.batch(max(config.batch_sizes)), config.include_copies))
+            outputs[path] = loaded.runner.predict(x)[0]
             entries[path]["providers"][provider] = {
                 "session_create_s": loaded.create_s,
                 "first_run_s": first,
-                **_accuracy(logits, y),
+                **_accuracy(outputs[path], y),
                 "placement": (
-                    node_placement(path, provider, max(config.threads), config.optimization, _batch(x, 1))
+                    node_placement(path, provider, max(config.threads), config.optimization, x.batch(1))
                     if provider != "cpu"
                     else None
                 ),
-                **_memory(path, provider, config, _batch(x, max(config.batch_sizes))),
+                **_memory(path, provider, config, x.batch(max(config.batch_sizes))),
             }
         for path in models:
             record = entries[path]["providers"][provider]
             base_record = entries[baseline]["providers"][provider]
-            same_split = models[path]["dataset"].fingerprint == models[baseline]["dataset"].fingerprint
-            record["agreement_with_baseline"] = (
-                float((predictions[path] == predictions[baseline]).mean())
-                if same_split and len(predictions[path]) == len(predictions[baseline])
-                else None
-            )
-            record["accuracy_delta_points"] = 100 * (record["top1"] - base_record["top1"])
+            same_inputs = models[path]["data"].fingerprint == models[baseline]["data"].fingerprint
+            record.update(_against_baseline(outputs[path], outputs[baseline], same_inputs, path == baseline))
+            both = record["top1"] is not None and base_record["top1"] is not None
+            record["accuracy_delta_points"] = 100 * (record["top1"] - base_record["top1"]) if both else None
         for threads in config.threads:
             for batch_size in config.batch_sizes:
                 log(f"{provider}: batch {batch_size}, {threads} thread(s)")
@@ -220,7 +236,7 @@ def _name(path: Path, paths: list[Path]) -> str:
 
 
 def _describe(path: Path, info: dict, baseline: Path, config: BenchConfig) -> dict[str, Any]:
-    manifest = info["manifest"] or {}
+    manifest, data = info["manifest"] or {}, info["data"]
     model = manifest.get("model") or {}
     params = model.get("params") or (manifest.get("metrics") or {}).get("params")
     return {
@@ -232,36 +248,64 @@ def _describe(path: Path, info: dict, baseline: Path, config: BenchConfig) -> di
         "macs": model.get("macs"),
         "stage": manifest.get("stage"),
         "baseline": path == baseline,
-        "data": info["dataset"].spec,
+        "data": data.describe(),
         # load_dataset_for's rule: a manifest's record wins over --preprocessing
-        "preprocessing": "manifest" if manifest.get("preprocessing") else config.preprocessing,
+        "preprocessing": _fed(data, manifest, config),
+        "accuracy_not_measured": _why_no_accuracy(data),
+        "synthetic_inputs": data.inputs,
         "providers": {},
     }
 
 
-def _memory(path: Path, provider: str, config: BenchConfig, batch: np.ndarray) -> dict[str, Any]:
+def _fed(data: ModelData, manifest: dict, config: BenchConfig) -> str | None:
+    """How the model's inputs were normalised: by its manifest's record, by --preprocessing, or not at all
+    (arrays fed as stored, synthetic inputs)."""
+    if data.kind != "dataset":
+        return None
+    return "manifest" if manifest.get("preprocessing") else config.preprocessing
+
+
+def _why_no_accuracy(data: ModelData) -> str | None:
+    if data.kind == "synthetic":
+        return "no data: latency only, on synthetic inputs (pass --data for accuracy)"
+    if data.y_test is None:
+        return f"{data.spec} has no labels (an array named y)"
+    return None
+
+
+def _memory(path: Path, provider: str, config: BenchConfig, batch: Samples) -> dict[str, Any]:
     if not config.memory:
         return {"peak_memory_mb": None, "process_memory_mb": None}
     peak, before = peak_memory_mb(path, provider, max(config.threads), config.optimization, batch)
     return {"peak_memory_mb": peak, "process_memory_mb": before}
 
 
-def _test_split(dataset: Dataset, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
-    return dataset.x_test[:limit], dataset.y_test[:limit]
+def _test_split(data: ModelData, limit: int | None) -> tuple[Samples, np.ndarray | None]:
+    y = data.y_test[:limit] if data.y_test is not None else None
+    return data.test.rows(slice(0, limit)), y
 
 
-def _batch(x: np.ndarray, size: int) -> np.ndarray:
-    """``size`` real samples (repeated when the split is smaller), contiguous, made once."""
-    return np.ascontiguousarray(x[np.arange(size) % len(x)])
-
-
-def _accuracy(logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    top1 = float((logits.argmax(1) == y).mean())
+def _accuracy(output: np.ndarray, y: np.ndarray | None) -> dict[str, Any]:
+    """Top-1 and top-5 of the first output when it gives classes and there are labels, else None."""
+    top1 = classifier_accuracy(output, y)
     top5 = None
-    if logits.shape[1] > 5:
-        best5 = np.argpartition(-logits, 5, axis=1)[:, :5]
+    if top1 is not None and output.shape[1] > 5:
+        best5 = np.argpartition(-output, 5, axis=1)[:, :5]
         top5 = float((best5 == y[:, None]).any(axis=1).mean())
-    return {"top1": top1, "top5": top5, "test_samples": int(len(y))}
+    return {"top1": top1, "top5": top5, "test_samples": int(len(output))}
+
+
+def _against_baseline(output: np.ndarray, base: np.ndarray, same_inputs: bool, is_baseline: bool) -> dict[str, Any]:
+    """The first output against the baseline's on the same inputs: top-1 agreement (classes) and how far
+    the values moved; None where the inputs or the output shapes differ."""
+    if is_baseline or not same_inputs or output.shape != base.shape:
+        agreement = 1.0 if is_baseline and gives_classes(output) else None
+        return {"agreement_with_baseline": agreement, "fidelity_to_baseline": None}
+    found = compare_outputs(base, output)
+    return {
+        "agreement_with_baseline": found["top1_agreement"] if gives_classes(output) else None,
+        "fidelity_to_baseline": {k: found[k] for k in ("cosine", "relative_l2", "max_abs_diff")},
+    }
 
 
 def _time_group(
@@ -271,15 +315,14 @@ def _time_group(
     per_round = config.min_time / ROUNDS
     runs_per_round = -(-config.min_runs // ROUNDS)
     base_loaded = load(baseline, provider, threads, config.optimization)
-    base_batch = _batch(models[baseline]["dataset"].x_test, batch_size)
-    base_call = make_call(base_loaded, base_batch, config.include_copies)
+    base_call = make_call(base_loaded, models[baseline]["data"].test.batch(batch_size), config.include_copies)
     base_times, timed = [], {}
     others = [p for p in models if p != baseline]
     if not others:  # a single model: nothing to alternate with
         base_times.append(time_calls(base_call, config.warmup, config.min_runs, config.min_time))
     for path in others:
         loaded = load(path, provider, threads, config.optimization)
-        call = make_call(loaded, _batch(models[path]["dataset"].x_test, batch_size), config.include_copies)
+        call = make_call(loaded, models[path]["data"].test.batch(batch_size), config.include_copies)
         result = compare(
             {"baseline": base_call, "model": call},
             baseline="baseline",

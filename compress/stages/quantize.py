@@ -37,14 +37,15 @@ from ..artifacts import (
     staging_dir,
     write_manifest,
 )
-from ..data import PREPROCESSING_HELP, Dataset, PreprocessingChoice, load_dataset_for
+from ..data import PREPROCESSING_HELP, PreprocessingChoice
+from ..data.model_data import ModelData, load_model_data
 from ..errors import CompressError, first_line
+from ..feeds import Samples, parse_ranges
 from ..hardware import CpuInfo, cpu_info
-from ..measure.fidelity import accuracy as accuracy_of_outputs
-from ..measure.fidelity import compare_outputs
+from ..measure.fidelity import classifier_accuracy, compare_all, compare_outputs, loss_measure
 from ..measure.latency import compare
-from ..onnx_io import OnnxClassifier, load_classifier, model_info, open_session, parse_shapes, quiet
-from .base import SHAPES_HELP, Cli, InputShapes, Stage, StageConfig, output_suffix
+from ..onnx_io import OnnxModel, load_any, model_info, open_session, parse_shapes, quiet
+from .base import RANGES_HELP, SHAPES_HELP, Cli, InputRanges, InputShapes, Stage, StageConfig, output_suffix
 from .export import EXTERNAL_DATA_THRESHOLD_BYTES
 from .train import DATA_HELP, MAX_BATCH, MAX_SAMPLES, MAX_SEED, MAX_THREADS
 
@@ -113,6 +114,7 @@ class QuantizeConfig(StageConfig):
     )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the choice of calibration samples.")
     shapes: InputShapes = Field(default_factory=list, description=SHAPES_HELP)
+    input_ranges: InputRanges = Field(default_factory=list, description=RANGES_HELP)
 
     _out = output_suffix(".onnx")
 
@@ -258,12 +260,10 @@ def search_space(base: Settings, cpu: CpuInfo) -> list[Settings]:
 
 
 class _CalibrationReader:
-    """onnxruntime.quantization's data-reader protocol over preprocessed samples."""
+    """onnxruntime.quantization's data-reader protocol over the calibration samples."""
 
-    def __init__(self, name: str, samples: np.ndarray, batch: int):
-        self._batches = [
-            {name: np.ascontiguousarray(samples[i : i + batch])} for i in range(0, len(samples) - batch + 1, batch)
-        ] or [{name: samples}]
+    def __init__(self, batches: list[dict[str, np.ndarray]]):
+        self._batches = batches
         self._next = iter(self._batches)
 
     def get_next(self):
@@ -276,12 +276,17 @@ class _CalibrationReader:
 class Quantizer:
     """Quantizes one float model in various ways; calibration runs once per method and is reused."""
 
-    def __init__(self, float_path: Path, workdir: Path, input_name: str, calibration: np.ndarray | None, batch: int):
+    def __init__(self, float_path: Path, workdir: Path, model: OnnxModel, calibration: Samples | None, batch: int):
         self.float_path = float_path
         self.workdir = workdir
-        self.input_name = input_name
         self.calibration = calibration
-        self.batch = batch
+        # the feeds of each calibration batch (a last, smaller one is dropped: a fixed batch size refuses it)
+        self.batches = []
+        if calibration is not None:
+            self.batches = [
+                calibration.rows(slice(i, i + batch)).feeds(model.inputs)
+                for i in range(0, len(calibration) - batch + 1, batch)
+            ] or [calibration.feeds(model.inputs)]
         self._count = 0
 
     def quantize(self, settings: Settings, exclude: list[str] = (), only: list[str] | None = None) -> Path:
@@ -318,7 +323,7 @@ class Quantizer:
                         "entropy": CalibrationMethod.Entropy,
                         "percentile": CalibrationMethod.Percentile,
                     }[settings.calibration]
-                    reader = _CalibrationReader(self.input_name, self.calibration, self.batch)
+                    reader = _CalibrationReader(self.batches)
                     quantize_static(
                         self.float_path,
                         out,
@@ -350,16 +355,19 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
     Progress goes to the ``compress`` logger. Raises CompressError for bad input, and for a model that
     misses the accuracy budget unless ``allow_over_budget``; then nothing is written.
     """
-    float_runner = load_classifier(config.model, role="model")
+    float_model = load_any(config.model, role="model")
     source = read_manifest(config.model) or {}
-    dataset = _dataset(config, source, float_runner, needed=config.mode == "static" or config.search)
+    data = _data(config, source, float_model)
     cpu = cpu_info()
     base = choose_settings(config, cpu)
     budget = DEFAULT_BUDGET_POINTS if config.max_accuracy_drop is None else config.max_accuracy_drop
-    shapes = parse_shapes(config.shapes)
-    timing_input = _timing_input(float_runner, dataset, config.batch_size, shapes)
-    float_runner.run(timing_input)  # one run before any work: a model that fails or gives no (N, C) logits stops here
-    judge = Judge(float_runner, *_held_out(float_runner, dataset, config.seed, shapes))
+    # real samples when there is data (zeros can take faster paths), repeated to fill the batch
+    timing_input = data.test.batch(float_model.fixed_batch or config.batch_size)
+    float_model.run(timing_input)  # one run before any work: a model that fails here stops here
+    if data.kind == "synthetic":
+        values = "; ".join(f"{i['name']}: {i['values']}" for i in data.inputs)
+        log(f"no data: int8 is judged against fp32 on {SYNTHETIC_SAMPLES} synthetic samples ({values})")
+    judge = Judge(float_model, *_held_out(data))
     if judge.resolution > budget:
         logger.warning(
             f"{len(judge.x)} {judge.split} samples judge int8: one of them is {judge.resolution:.2f} points, more "
@@ -370,8 +378,8 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
     out = Path(config.out)
     with staging_dir(out) as workdir:
         float_path, preprocess_note = _preprocess(Path(config.model), workdir, config.preprocess)
-        calibration = _calibration_samples(dataset, config) if dataset is not None else None
-        quantizer = Quantizer(float_path, workdir, float_runner.input_name, calibration, float_runner.fixed_batch or 32)
+        calibration = _calibration_samples(data.train, config) if data.kind != "synthetic" else None
+        quantizer = Quantizer(float_path, workdir, float_model, calibration, float_model.fixed_batch or 32)
 
         candidates: list[Candidate] = []
         chosen: Candidate | None = None
@@ -410,10 +418,10 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
         manifest["inputs"] = [input_record("model", config.model)]
         for key in ("model", "input_spec", "output_spec", "preprocessing", "labels", "data"):
             manifest[key] = source.get(key)
-        if dataset is not None:
-            manifest["preprocessing"] = dataset.preprocessing.to_dict()
-            manifest["labels"] = manifest["labels"] or dataset.labels
-            manifest["data"] = manifest["data"] or dataset.describe()
+        if data.dataset is not None:
+            manifest["preprocessing"] = data.dataset.preprocessing.to_dict()
+            manifest["labels"] = manifest["labels"] or data.dataset.labels
+            manifest["data"] = manifest["data"] or data.dataset.describe()
         manifest["quantization"] = {
             **chosen.settings.to_dict(),
             "excluded_nodes": chosen.excluded,
@@ -427,6 +435,8 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
             "sensitivity": sensitivity,
             "search": [_candidate_record(c) for c in candidates] or None,
             "judged": judge.judged,
+            "data": data.describe(),
+            "synthetic_inputs": data.inputs,
         }
         int8_info = model_info(staged)
         manifest["metrics"] = {
@@ -436,6 +446,7 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
             "accuracy_drop_points": chosen.loss if judge.y is not None else None,
             "fidelity": {
                 **chosen.fidelity,
+                "output": float_model.outputs[0].name,
                 "split": judge.split,
                 "measure": judge.measure,
                 "loss_points": chosen.loss,
@@ -476,7 +487,7 @@ def _pick(within: list[Candidate], base: Settings) -> Candidate | None:
 
 
 def _search(
-    quantizer: Quantizer, space: list[Settings], judge: Judge, timing_input: np.ndarray, config: QuantizeConfig
+    quantizer: Quantizer, space: list[Settings], judge: Judge, timing_input: Samples, config: QuantizeConfig
 ) -> list[Candidate]:
     """Every setting of ``space`` quantized, judged against fp32, each timed beside fp32."""
     log(f"search: trying {len(space)} settings")
@@ -494,41 +505,44 @@ def _pct(accuracy: float | None) -> str:
 
 
 class Judge:
-    """Judges a quantized model against fp32 on the held-out samples: the accuracy points it loses when
-    there are labels, else the top-1 disagreements in points (the relative L2 error in percent for
-    outputs without classes); the other fidelity figures are recorded either way."""
+    """Judges a quantized model against fp32 on the held-out samples, by its first output: the accuracy
+    points it loses when there are labels and that output gives classes, else the top-1 disagreements in
+    points, else (outputs without classes) the relative L2 error in percent, or for integer outputs the
+    share of values that changed; the other fidelity figures, of every output, are recorded either way."""
 
-    def __init__(self, float_runner: OnnxClassifier, x: np.ndarray, y: np.ndarray | None, split: str):
-        self.x, self.y, self.split = x, y, split
+    def __init__(self, float_model: OnnxModel, x: Samples, y: np.ndarray | None, split: str):
+        self.x, self.split = x, split
+        self.model = float_model
         self.judged: list[dict[str, Any]] = []  # every candidate judged, in order: what was tried
-        self.reference = float_runner.predict(x)
-        self.float_accuracy = accuracy_of_outputs(self.reference, y) if y is not None else None
-        if y is not None:
-            self.measure = "accuracy points lost"
-        elif self.reference.shape[1] > 1:
-            self.measure = "top-1 disagreements in points"
-        else:
-            self.measure = "relative L2 error in percent"
+        self.references = float_model.predict(x)
+        self.reference = self.references[0]
+        self.float_accuracy = classifier_accuracy(self.reference, y)
+        if y is not None and self.float_accuracy is None:
+            log(
+                f"labels of {split} not used: output {float_model.outputs[0].name!r} of shape "
+                f"{list(self.reference.shape)} gives no classes; judging how far the outputs move"
+            )
+        self.y = y if self.float_accuracy is not None else None
+        self.measure = "accuracy points lost" if self.y is not None else loss_measure(self.reference)
 
     @property
     def resolution(self) -> float:
         """What one sample is worth, in points."""
         return 100 / len(self.x)
 
-    def outputs(self, path: Path, x: np.ndarray) -> np.ndarray:
-        return OnnxClassifier(open_session(path, role="quantized model"), "the quantized model").predict(x)
+    def outputs(self, path: Path, x: Samples) -> list[np.ndarray]:
+        session = open_session(path, role="quantized model")
+        return OnnxModel(session, "the quantized model").predict(x)
 
     def __call__(self, candidate: Candidate) -> Candidate:
         """``candidate`` with its accuracy, fidelity and loss filled in."""
         outputs = self.outputs(candidate.path, self.x)
-        candidate.fidelity = compare_outputs(self.reference, outputs)
+        candidate.fidelity = compare_all(self.references, outputs, [o.name for o in self.model.outputs])
         if self.y is not None:
-            candidate.accuracy = accuracy_of_outputs(outputs, self.y)
+            candidate.accuracy = classifier_accuracy(outputs[0], self.y)
             candidate.loss = 100 * (self.float_accuracy - candidate.accuracy)
-        elif candidate.fidelity["top1_agreement"] is not None:
-            candidate.loss = 100 * (1 - candidate.fidelity["top1_agreement"])
         else:
-            candidate.loss = 100 * candidate.fidelity["relative_l2"]
+            candidate.loss = candidate.fidelity["loss_points"]
         # exactly one sample over 100 is 1.0000000000000002 points in floating point: not over a budget of 1
         candidate.loss = round(candidate.loss, 9)
         self.judged.append(
@@ -554,50 +568,43 @@ class Judge:
         )
 
 
-def _dataset(config: QuantizeConfig, source: dict, runner: OnnxClassifier, needed: bool) -> Dataset | None:
-    if not needed and not config.data and not source.get("data"):
-        return None
-    if not config.data and not source.get("data"):
+def _data(config: QuantizeConfig, source: dict, model: OnnxModel) -> ModelData:
+    """The samples that calibrate and judge int8: ``--data`` or the manifest's data, else (dynamic mode
+    only: static mode calibrates activation ranges on real samples) synthetic inputs from the signature."""
+    data = load_model_data(
+        config.model,
+        model,
+        source or None,
+        config.data,
+        config.preprocessing,
+        parse_shapes(config.shapes),
+        parse_ranges(config.input_ranges),
+        SYNTHETIC_SAMPLES,
+        config.seed,
+    )
+    if data.kind == "synthetic" and (config.mode == "static" or config.search):
         raise CompressError(
-            f"{config.model} has no manifest naming its data, and static "
-            "quantization needs calibration data; pass --data (and --preprocessing), "
-            "or use --mode dynamic"
+            f"{config.model} has no manifest naming its data, and static quantization calibrates on real samples; "
+            "pass --data (and --preprocessing for a model without a manifest), or use --mode dynamic"
         )
-    dataset = load_dataset_for(config.model, source or None, config.data, config.preprocessing)
-    runner.check_fits(dataset.in_shape, dataset.spec)
-    return dataset
+    return data
 
 
-def _held_out(
-    runner: OnnxClassifier, dataset: Dataset | None, seed: int, shapes: dict[str, tuple[int, ...]]
-) -> tuple[np.ndarray, np.ndarray | None, str]:
+def _held_out(data: ModelData) -> tuple[Samples, np.ndarray | None, str]:
     """The samples int8 is judged on, their labels and what they are: the validation split (the test
-    split stays unseen by decisions), else the test split, else — without data — standard-normal
-    inputs of the model's sample shape (``--shape`` for symbolic dimensions), which show whether the
-    outputs moved but not accuracy."""
-    if dataset is not None and len(dataset.y_val):
-        return dataset.x_val, dataset.y_val, "val"
-    if dataset is not None:
-        return dataset.x_test, dataset.y_test, "test"
-    return runner.synthetic_samples(SYNTHETIC_SAMPLES, shapes, seed), None, "synthetic"
+    split stays unseen by decisions), else the test split, else — without data — synthetic inputs, which
+    show whether the outputs moved but not accuracy."""
+    if data.kind == "synthetic":
+        return data.test, None, "synthetic"
+    if data.val is not None:
+        return data.val, data.y_val, "val"
+    return data.test, data.y_test, "test"
 
 
-def _calibration_samples(dataset: Dataset, config: QuantizeConfig) -> np.ndarray:
+def _calibration_samples(train: Samples, config: QuantizeConfig) -> Samples:
     rng = np.random.default_rng(config.seed)
-    n = min(config.calibration_samples, len(dataset.x_train))
-    return dataset.x_train[np.sort(rng.choice(len(dataset.x_train), n, replace=False))]
-
-
-def _timing_input(
-    runner: OnnxClassifier, dataset: Dataset | None, batch: int, shapes: dict[str, tuple[int, ...]]
-) -> np.ndarray:
-    """Real samples when there is data (zeros can take faster paths), repeated to fill the batch; else
-    random ones of the model's sample shape."""
-    batch = runner.fixed_batch or batch
-    if dataset is None:
-        return runner.synthetic_samples(batch, shapes)
-    x = dataset.x_test
-    return np.ascontiguousarray(x[np.arange(batch) % len(x)])
+    n = min(config.calibration_samples, len(train))
+    return train.rows(np.sort(rng.choice(len(train), n, replace=False)))
 
 
 def _preprocess(path: Path, workdir: Path, enabled: bool) -> tuple[Path, str]:
@@ -685,18 +692,18 @@ def _narrow(quantizer: Quantizer, chosen: Candidate, judge: Judge, budget: float
 
 def _rank_nodes(quantizer: Quantizer, settings: Settings, judge: Judge) -> list[dict[str, Any]]:
     """Quantize one compute node at a time; rank nodes by the relative error they cause in the outputs."""
-    x, reference = judge.x[:SENSITIVITY_SAMPLES], judge.reference[:SENSITIVITY_SAMPLES]
-    scale = float(np.mean(reference.astype(np.float64) ** 2)) or 1.0
+    x = judge.x.rows(slice(0, SENSITIVITY_SAMPLES))
+    reference = judge.model.predict(x)[0].astype(np.float64)
+    scale = float(np.mean(reference**2)) or 1.0
     ranking = []
     for name in _quantizable_nodes(quantizer.float_path):
         path = quantizer.quantize(settings, only=[name])
-        outputs = judge.outputs(path, x)
-        found = compare_outputs(reference, outputs)
+        outputs = judge.outputs(path, x)[0]
         ranking.append(
             {
                 "node": name,
                 "relative_mse": float(np.mean((outputs.astype(np.float64) - reference) ** 2)) / scale,
-                "top1_agreement": found["top1_agreement"],
+                "top1_agreement": compare_outputs(reference, outputs)["top1_agreement"],
             }
         )
         path.unlink()
@@ -721,7 +728,7 @@ def _exclude_until_within(
 
 
 def _time_candidates(
-    float_model: str, candidates: list[Candidate], x: np.ndarray, config: QuantizeConfig, rounds: int = 5
+    float_model: str, candidates: list[Candidate], x: Samples, config: QuantizeConfig, rounds: int = 5
 ) -> dict[str, Any]:
     """Time each candidate against fp32, pair by pair; fill its latency and speed-up.
 
@@ -729,9 +736,9 @@ def _time_candidates(
     spin for a while after each run, and other idle sessions would steal the cores. Returns the
     figures of the last candidate.
     """
-    float_runner = OnnxClassifier(open_session(float_model, threads=config.threads), f"model {float_model}")
+    float_runner = OnnxModel(open_session(float_model, threads=config.threads), f"model {float_model}")
     for c in candidates:
-        int8_runner = OnnxClassifier(open_session(c.path, threads=config.threads), "the quantized model")
+        int8_runner = OnnxModel(open_session(c.path, threads=config.threads), "the quantized model")
         pair = {"fp32": float_runner, "int8": int8_runner}
         calls = {name: r.call(x) for name, r in pair.items()}
         result = compare(calls, baseline="fp32", batch_size=len(x), rounds=rounds, seconds_per_round=0.2)
