@@ -1,9 +1,11 @@
 """Every quantize run judges int8 against fp32, narrows what it quantizes when over budget, and never
 writes a destroyed model; onnxruntime's preprocessing stays inside the staging folder."""
 
+import importlib.util
 import json
 import logging
 import shutil
+import sys
 
 import numpy as np
 import onnx
@@ -17,13 +19,11 @@ from compress.stages.quantize import COMPUTE_OPS, QuantizeConfig, quantize, summ
 from compress.stages.train import TrainConfig, train
 
 
-@pytest.fixture(scope="module")
-def softmax_headed(tmp_path_factory):
+def softmax_head(folder, opset=None):
     """A classifier ending in a flat Softmax (probabilities close together, as many exported models
     have): int8 of the Softmax output rounds them into ties, so naive int8 changes the top-1 class."""
-    folder = tmp_path_factory.mktemp("softmax")
     train(TrainConfig(model="mlp", model_args={"hidden": [64]}, data="digits", out=str(folder / "m.pt"), epochs=3))
-    export(ExportConfig(checkpoint=str(folder / "m.pt"), out=str(folder / "m.onnx")))
+    export(ExportConfig(checkpoint=str(folder / "m.pt"), out=str(folder / "m.onnx"), opset=opset))
     model = onnx.load(str(folder / "m.onnx"))
     graph = model.graph
     logits = graph.output[0].name
@@ -34,6 +34,11 @@ def softmax_headed(tmp_path_factory):
     path = folder / "softmax.onnx"
     onnx.save(model, str(path))  # no manifest: a foreign model
     return path
+
+
+@pytest.fixture(scope="module")
+def softmax_headed(tmp_path_factory):
+    return softmax_head(tmp_path_factory.mktemp("softmax"))
 
 
 def settings(model, tmp_path, **overrides):
@@ -48,6 +53,39 @@ def test_a_head_that_int8_destroys_is_kept_in_float_by_quantizing_compute_ops_on
     assert kept["settings"].endswith("only)") and q["op_types"] == list(COMPUTE_OPS) and not q["excluded_nodes"]
     assert fidelity["loss_points"] <= 1.0 and fidelity["measure"] == "accuracy points lost"
     assert "Softmax" in {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+
+
+needs_nncf = pytest.mark.skipif(
+    importlib.util.find_spec("nncf") is None, reason="NNCF is not installed (pip install 'compress[nncf]')"
+)
+
+
+@needs_nncf
+@pytest.mark.slow
+def test_the_nncf_backend_is_judged_and_narrowed_like_onnxruntimes(tmp_path):
+    # opset 20: NNCF 3.4 writes QuantizeLinear nodes onnxruntime refuses into some opset 21+ graphs
+    model = softmax_head(tmp_path, opset=20)
+    manifest = quantize(settings(model, tmp_path, data="digits", preprocessing="fit", backend="nncf"))
+    q, fidelity = manifest["quantization"], manifest["metrics"]["fidelity"]
+    assert q["backend"] == "nncf" and q["nncf_preset"] == "performance" and q["per_channel"]
+    assert all(j["settings"].startswith("NNCF performance QDQ") for j in q["judged"])
+    assert fidelity["loss_points"] <= 1.0
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+
+
+def test_without_nncf_its_backend_is_one_line_and_nothing_is_written(softmax_headed, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "nncf", None)  # what an import of a package that is not installed meets
+    with pytest.raises(quantize_module.CompressError, match=r"pip install 'compress\[nncf\]'"):
+        quantize(settings(softmax_headed, tmp_path, data="digits", preprocessing="fit", backend="nncf"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "setting", [{"mode": "dynamic"}, {"per_channel": True}, {"search": True}, {"format": "qoperator"}]
+)
+def test_onnxruntimes_settings_are_refused_with_the_nncf_backend(softmax_headed, tmp_path, setting):
+    with pytest.raises(ValueError, match=f"`{next(iter(setting))}` sets how onnxruntime quantizes; NNCF chooses"):
+        settings(softmax_headed, tmp_path, backend="nncf", **setting)
 
 
 def test_without_data_int8_is_judged_on_synthetic_inputs_and_says_accuracy_was_not_measured(softmax_headed, tmp_path):

@@ -44,7 +44,7 @@ from ..feeds import Samples, parse_ranges
 from ..hardware import CpuInfo, cpu_info
 from ..measure.fidelity import classifier_accuracy, compare_all, compare_outputs, loss_measure
 from ..measure.latency import compare
-from ..onnx_io import OnnxModel, load_any, model_info, open_session, parse_shapes, quiet
+from ..onnx_io import OnnxModel, load_any, model_info, open_session, parse_shapes, quiet, session_options
 from .base import RANGES_HELP, SHAPES_HELP, Cli, InputRanges, InputShapes, Stage, StageConfig, output_suffix
 from .export import EXTERNAL_DATA_THRESHOLD_BYTES
 from .train import DATA_HELP, MAX_BATCH, MAX_SAMPLES, MAX_SEED, MAX_THREADS
@@ -113,6 +113,14 @@ class QuantizeConfig(StageConfig):
         None, ge=1, le=MAX_THREADS, description="Intra-op threads of the timing (default: onnxruntime's)."
     )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the choice of calibration samples.")
+    backend: Literal["onnxruntime", "nncf"] = Field(
+        "onnxruntime",
+        description="Who quantizes: onnxruntime.quantization, or NNCF's post-training quantization (static QDQ, "
+        "per-channel s8 weights; pip install 'compress[nncf]'). Fidelity is checked and narrowed either way.",
+    )
+    nncf_preset: Literal["performance", "mixed"] = Field(
+        "performance", description="NNCF: symmetric (performance) or asymmetric (mixed) activations."
+    )
     shapes: InputShapes = Field(default_factory=list, description=SHAPES_HELP)
     input_ranges: InputRanges = Field(default_factory=list, description=RANGES_HELP)
 
@@ -122,6 +130,20 @@ class QuantizeConfig(StageConfig):
     def _keeps_the_input(self) -> QuantizeConfig:
         if Path(self.out).resolve() == Path(self.model).resolve():
             raise ValueError("`out` must differ from the input model; the fp32 model is kept")
+        return self
+
+    @model_validator(mode="after")
+    def _nncf_sets_its_own(self) -> QuantizeConfig:
+        """NNCF chooses format, types and calibration itself: those of onnxruntime's settings do not apply."""
+        if self.backend != "nncf":
+            return self
+        defaults = QuantizeConfig.model_fields
+        for name in ("mode", "format", "activation_type", "weight_type", "per_channel", "calibration", "search"):
+            if getattr(self, name) != defaults[name].default:
+                raise ValueError(
+                    f"`{name}` sets how onnxruntime quantizes; NNCF chooses that itself (static QDQ, per-channel s8 "
+                    "weights): with the nncf backend, choose only its preset"
+                )
         return self
 
 
@@ -137,11 +159,15 @@ class Settings:
     reduce_range: bool
     calibration: str
     reasons: tuple[str, ...] = ()
-    op_types: tuple[str, ...] | None = None  # the op types quantized (None: every one onnxruntime can)
+    op_types: tuple[str, ...] | None = None  # the op types quantized (None: every one the backend can)
+    backend: str = "onnxruntime"
+    nncf_preset: str | None = None  # backend nncf: performance | mixed
 
     @property
     def label(self) -> str:
         only = f" ({'/'.join(self.op_types)} only)" if self.op_types else ""
+        if self.backend == "nncf":
+            return f"NNCF {self.nncf_preset} QDQ{only}"
         if self.mode == "dynamic":
             return f"dynamic {self.weight_type} weights{' per-channel' if self.per_channel else ''}{only}"
         return (
@@ -171,6 +197,20 @@ class Candidate:
 
 def choose_settings(config: QuantizeConfig, cpu: CpuInfo) -> Settings:
     """Fill in ``auto`` types for this CPU and say why (after ONNX Runtime's quantization guide)."""
+    if config.backend == "nncf":
+        symmetric = config.nncf_preset == "performance"
+        return Settings(
+            mode="static",
+            format="qdq",
+            activation_type="s8" if symmetric else "u8",
+            weight_type="s8",
+            per_channel=True,
+            reduce_range=False,
+            calibration="minmax",
+            reasons=(f"NNCF's {config.nncf_preset} preset: {'' if symmetric else 'a'}symmetric activations",),
+            backend="nncf",
+            nncf_preset=config.nncf_preset,
+        )
     reasons = []
     activation, weight = config.activation_type, config.weight_type
     if config.mode == "dynamic":
@@ -290,6 +330,8 @@ class Quantizer:
         self._count = 0
 
     def quantize(self, settings: Settings, exclude: list[str] = (), only: list[str] | None = None) -> Path:
+        if settings.backend == "nncf":
+            return self._quantize_with_nncf(settings, exclude, only)
         from onnxruntime.quantization import (
             CalibrationMethod,
             QuantFormat,
@@ -339,6 +381,28 @@ class Quantizer:
         except Exception as exc:  # onnxruntime.quantization raises plain exceptions
             raise CompressError(
                 f"onnxruntime.quantization failed ({settings.label}): {first_line(exc)}; try another --mode/--format"
+            ) from None
+        return out
+
+    def _quantize_with_nncf(self, settings: Settings, exclude: list[str], only: list[str] | None) -> Path:
+        from ..nncf_backend import quantize_with_nncf
+
+        if self.calibration is None:
+            raise CompressError("NNCF quantizes static QDQ, calibrated on real samples; pass --data")
+        self._count += 1
+        out = self.workdir / f"candidate{self._count}.onnx"
+        if only is not None:  # NNCF takes what to leave out: every other compute node
+            exclude = [name for name in _quantizable_nodes(self.float_path) if name not in only]
+        quantize_with_nncf(self.float_path, out, self.batches, settings.nncf_preset, exclude, settings.op_types)
+        import onnxruntime as ort
+
+        try:
+            ort.InferenceSession(str(out), session_options(), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own exception types
+            raise CompressError(
+                f"NNCF wrote an int8 model onnxruntime cannot load ({first_line(exc, 160)}); use --backend "
+                "onnxruntime, or re-export the model at a lower opset (NNCF 3.4 mis-types some QuantizeLinear nodes "
+                "from opset 21)"
             ) from None
         return out
 
@@ -819,6 +883,7 @@ def _int8_coverage(path: Path) -> dict[str, int]:
 def _candidate_record(c: Candidate) -> dict[str, Any]:
     return {
         "settings": c.settings.label,
+        "backend": c.settings.backend,
         "mode": c.settings.mode,
         "format": c.settings.format,
         "activation_type": c.settings.activation_type,
@@ -835,8 +900,9 @@ def _candidate_record(c: Candidate) -> dict[str, Any]:
 
 def summary(manifest: dict[str, Any]) -> list[str]:
     q, m = manifest["quantization"], manifest["metrics"]
+    by = f"NNCF, {q['nncf_preset']} preset: " if q.get("backend") == "nncf" else ""
     lines = [
-        f"settings: {q['mode']}, {q['format']}, activations {q['activation_type']}, weights "
+        f"settings: {by}{q['mode']}, {q['format']}, activations {q['activation_type']}, weights "
         f"{q['weight_type']}{', per-channel' if q['per_channel'] else ''}"
         f"{', reduce_range' if q['reduce_range'] else ''}"
         + (f", {q['calibration']} calibration on {q['calibration_samples']} samples" if q["mode"] == "static" else "")
