@@ -1,7 +1,8 @@
 """``compress quantize``: int8 through onnxruntime.quantization, checked for accuracy and for speed.
 
 The quantization itself is ONNX Runtime's (``quant_pre_process``, ``quantize_static``,
-``quantize_dynamic``). What compress adds around it:
+``quantize_dynamic``), or NNCF's (``--backend nncf``). Models of any signature: the samples come from
+:mod:`compress.data.model_data`. What compress adds around it:
 
 * types chosen for the CPU at hand, with the reason stated;
 * fidelity, always: int8 against fp32 on held-out samples (the validation split, or synthetic inputs
@@ -954,5 +955,8 @@ STAGE = Stage(
       compress quantize runs/mnist/teacher.onnx --out runs/mnist/teacher.int8.onnx \\
                         --search --max-accuracy-drop 0.3
       compress quantize model.onnx --data mnist:DIR --preprocessing fit --mode dynamic --out model.int8.onnx
+      # several inputs: an npz with one array per input, named after it (y: labels, optional)
+      compress quantize text.onnx --data npz:tokens.npz --out text.int8.onnx
+      compress quantize text.onnx --mode dynamic --shape input_ids=1x128 --out text.int8.onnx
     """,
 )
