@@ -70,10 +70,10 @@ def batch_axes(shapes: list[list]) -> list[tuple[int | None, bool]]:
     whether that is certain.
 
     The first input's leading axis is the batch. Where it is a named symbolic dimension, a tensor with
-    the same symbol holds the batch there (certain). Otherwise a tensor whose leading dimension is
-    symbolic, or the same number as the first input's, holds it first (a guess: exporters name the batch
-    of each tensor differently, e.g. ``unk__214`` in and ``unk__215`` out). Scalars and tensors whose
-    leading dimension is another number (a state of shape ``[2, N, 128]`` without names) hold none.
+    the same symbol holds the batch there (certain). Otherwise the first axis of a tensor that is
+    symbolic (when the batch is) or the same number as the batch holds it (a guess: exporters name the
+    batch of each tensor differently, e.g. ``unk__214`` in and ``unk__215`` out, or not at all, as in a
+    state of shape ``[2, ?, 128]``). Scalars and tensors without such an axis hold none.
     """
     if not shapes or not shapes[0]:
         return [(None, False)] * len(shapes)
@@ -82,10 +82,11 @@ def batch_axes(shapes: list[list]) -> list[tuple[int | None, bool]]:
     for dims in shapes:
         if isinstance(batch, str) and batch in dims:
             axes.append((list(dims).index(batch), True))
-        elif dims and (not isinstance(dims[0], int) or dims[0] == batch):
-            axes.append((0, False))
-        else:
-            axes.append((None, False))
+            continue
+        like_batch = [
+            i for i, d in enumerate(dims) if (d == batch if isinstance(batch, int) else not isinstance(d, int))
+        ]
+        axes.append((like_batch[0], False) if like_batch else (None, False))
     return axes
 
 
@@ -315,10 +316,11 @@ def _sample_shape(spec: Input, given: tuple[int, ...] | None, model_name: str, i
     if all(isinstance(d, int) for d in dims):
         return tuple(dims)
     example = "x".join(str(d) if isinstance(d, int) else "N" for d in spec.dims)
-    others = "" if len(inputs) == 1 else " (each input that has them)"
+    others = "" if len(inputs) == 1 else "; one --shape for each input that has them"
     raise CompressError(
         f"{model_name} has symbolic dimensions in input {spec.name!r} {shown_dims(spec.dims)} and no data says "
-        f"how large they are; give them with --shape {spec.name}={example}{others} (numbers for every N), or pass --data"
+        f"how large they are; give them with --shape {spec.name}={example} (numbers for every N{others}), or "
+        "pass --data"
     )
 
 

@@ -394,14 +394,17 @@ class OnnxModel:
         return [self._samples_first(i, np.asarray(y), len(samples)) for i, y in enumerate(got)]
 
     def _samples_first(self, index: int, y: np.ndarray, n: int) -> np.ndarray:
+        """Output ``index`` with its samples on axis 0, or, for an output that is not per sample, flat
+        in one row. A guessed batch axis that the output's actual shape contradicts is replaced by the one
+        axis of size ``n``, if there is exactly one, else by none (for this and every later run)."""
         axis = self._output_axes[index]
         port = self.outputs[index]
-        if axis is None and not port.shape and y.ndim and len(y) == n:  # rank unknown: a leading batch
-            axis = self._output_axes[index] = 0
-        elif axis is not None and not self._certain[index] and (y.ndim <= axis or y.shape[axis] != n):
-            axis = self._output_axes[index] = None  # the batch axis was a guess, and a wrong one
+        if not self._certain[index] and (axis is None or y.ndim <= axis or y.shape[axis] != n):
+            sized = [i for i in range(y.ndim) if y.shape[i] == n]
+            if axis is not None or not port.shape:  # a wrong guess, or no declared shape to go by
+                axis = self._output_axes[index] = sized[0] if len(sized) == 1 else None
         if axis is None:
-            return y[None]  # not per sample: one entry per batch
+            return y.reshape(1, -1)  # not per sample: one flat row per batch
         if y.ndim <= axis or y.shape[axis] != n:
             raise CompressError(
                 f"{self.name} gave output {port.name!r} of shape {list(y.shape)} for a batch of {n} samples, "
@@ -411,8 +414,8 @@ class OnnxModel:
         return np.moveaxis(y, axis, 0) if axis else y
 
     def predict(self, samples, batch_size: int = 256) -> list[np.ndarray]:
-        """Every output for all of ``samples``, in batches (padded to a fixed batch size), samples on axis 0
-        (outputs without a batch axis: one entry per batch)."""
+        """Every output for all of ``samples``, in batches (padded to a fixed batch size), samples on axis 0;
+        an output that is not per sample comes as one flat row of all its batches' values."""
         step = self.fixed_batch or batch_size
         pieces: list[list[np.ndarray]] = []
         for start in range(0, len(samples), step):
@@ -421,7 +424,10 @@ class OnnxModel:
             if self.fixed_batch and n < self.fixed_batch:
                 chunk = chunk.padded(self.fixed_batch)
             pieces.append([y[:n] if self._output_axes[i] is not None else y for i, y in enumerate(self.run(chunk))])
-        return [np.concatenate([p[i] for p in pieces]) for i in range(len(self.outputs))]
+        return [
+            np.concatenate([p[i] for p in pieces], axis=0 if self._output_axes[i] is not None else 1)
+            for i in range(len(self.outputs))
+        ]
 
     def call(self, samples) -> Callable[[], object]:
         """A run on ``samples`` for timing: the feeds made once, only the run in the hot path."""

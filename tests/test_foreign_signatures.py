@@ -186,8 +186,14 @@ def test_batch_axes_follow_the_named_batch_dimension_else_the_leading_symbolic_o
     ]
     # exporters that name each tensor's batch differently: a leading symbolic dimension is a guess
     assert batch_axes([["unk__1", 2048], ["unk__2", 214]]) == [(0, True), (0, False)]
-    assert batch_axes([[None, 512], [2, None, 128], [None, 1]]) == [(0, False), (None, False), (0, False)]
-    assert batch_axes([[1, 576], [2, 1, 128]]) == [(0, False), (None, False)]
+    # unnamed: the first axis like the batch (symbolic, or the same number)
+    assert batch_axes([[None, 512], [2, None, 128], [None, 1], []]) == [
+        (0, False),
+        (1, False),
+        (0, False),
+        (None, False),
+    ]
+    assert batch_axes([[1, 576], [2, 1, 128], [3, 4]]) == [(0, False), (1, False), (None, False)]
 
 
 def test_synthetic_ids_stay_inside_the_embedding_they_index(models):

@@ -187,3 +187,32 @@ def test_symbolic_dimensions_without_data_are_given_by_shape(any_size_image_clas
     main([*args, "--shape", "x=1x3x16x24"])
     fidelity = json.loads(manifest_path(out).read_text())["metrics"]["fidelity"]
     assert fidelity["split"] == "synthetic" and fidelity["loss_points"] <= 1.0
+
+
+def test_the_fewest_nodes_kept_in_float_are_found_in_a_few_tries():
+    """Loss falls as more of the ranked nodes stay in float; 37 of 200 are needed: doubling, then bisection."""
+    from compress.stages.quantize import Candidate, Settings, _exclude_until_within
+
+    class Quantizer:
+        def quantize(self, settings, exclude=()):
+            return len(exclude)  # stands for the model: how many nodes it keeps in float
+
+    class Judge:
+        calls = 0
+
+        def __call__(self, candidate):
+            Judge.calls += 1
+            candidate.loss = max(0.0, 5.0 - 0.11 * candidate.path)  # within 1 point from 37 nodes on
+            return candidate
+
+        def describe(self, candidate):
+            return f"{candidate.loss:.2f}"
+
+    settings = Settings("static", "qdq", "u8", "s8", False, False, "minmax")
+    start = Candidate(settings, 0, loss=5.0)
+    ranking = [{"node": f"n{i}"} for i in range(200)]
+    found = _exclude_until_within(Quantizer(), start, ranking, 1.0, Judge())
+    assert found.excluded == [f"n{i}" for i in range(37)] and found.loss <= 1.0
+    assert Judge.calls <= 2 * 8  # 1, 2, 4, ..., 64, then bisecting 32..64
+    nothing_helps = _exclude_until_within(Quantizer(), start, ranking[:3], 0.0, Judge())
+    assert nothing_helps.excluded == ["n0", "n1", "n2"]  # the most faithful tried

@@ -58,7 +58,7 @@ log = logger.info
 # Fidelity budget without --max-accuracy-drop: accuracy points lost (labels), else top-1 disagreements in
 # points (or, for outputs without classes, the relative L2 error in percent).
 DEFAULT_BUDGET_POINTS = 1.0
-SENSITIVITY_SAMPLES = 512  # held-out samples that rank the nodes by quantization error
+SENSITIVITY_SAMPLES = 128  # held-out samples that rank the nodes by quantization error (one pass per node)
 SYNTHETIC_SAMPLES = 1000  # inputs drawn from the signature when there is no data (one is 0.1 points)
 NOT_FASTER_RATIO = 1.05  # int8 below this speed-up counts as "not faster"
 
@@ -778,18 +778,42 @@ def _rank_nodes(quantizer: Quantizer, settings: Settings, judge: Judge) -> list[
 def _exclude_until_within(
     quantizer: Quantizer, start: Candidate, ranking: list[dict], budget: float, judge: Judge
 ) -> Candidate:
-    """From ``start``, keep the most sensitive nodes in float, one more at a time, until the budget is
-    met; else the most faithful candidate tried."""
-    settings, excluded, best = start.settings, [], start
-    for entry in ranking:
-        excluded.append(entry["node"])
-        candidate = judge(Candidate(settings, quantizer.quantize(settings, exclude=excluded), excluded=list(excluded)))
-        log(f"  float: {', '.join(excluded)} -> {judge.describe(candidate)}")
-        if candidate.loss < best.loss:
-            best = candidate
-        if candidate.loss <= budget:
-            return candidate
-    return best
+    """From ``start``, keep the most sensitive nodes in float: the first 1, 2, 4, ... of the ranking until
+    the budget is met, then the fewest between the last two counts that still meets it (bisection), so a
+    graph of hundreds of nodes takes a handful of tries; else the most faithful candidate tried."""
+    tried: dict[int, Candidate] = {0: start}
+
+    def attempt(count: int) -> Candidate:
+        if count not in tried:
+            excluded = [entry["node"] for entry in ranking[:count]]
+            candidate = judge(Candidate(start.settings, quantizer.quantize(start.settings, exclude=excluded), excluded))
+            log(f"  float: {_named(excluded)} -> {judge.describe(candidate)}")
+            tried[count] = candidate
+        return tried[count]
+
+    over, within = 0, None  # counts known to miss / to meet the budget
+    count = 1
+    while within is None and over < len(ranking):
+        count = min(count, len(ranking))
+        if attempt(count).loss <= budget:
+            within = count
+        else:
+            over, count = count, 2 * count
+    if within is None:
+        return min(tried.values(), key=lambda c: c.loss)
+    while within - over > 1:
+        middle = (over + within) // 2
+        if attempt(middle).loss <= budget:
+            within = middle
+        else:
+            over = middle
+    return tried[within]
+
+
+def _named(nodes: list[str], shown: int = 3) -> str:
+    """``a, b, c and 5 more``: nodes in a progress line."""
+    more = f" and {len(nodes) - shown} more" if len(nodes) > shown else ""
+    return f"{len(nodes)} node{'s' if len(nodes) > 1 else ''} ({', '.join(nodes[:shown])}{more})"
 
 
 def _time_candidates(
