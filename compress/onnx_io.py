@@ -361,6 +361,12 @@ class OnnxModel:
                 )
         if not outputs:
             raise CompressError(f"{name} has no outputs; a model compress measures gives at least one tensor")
+        for port in outputs:
+            if port.type not in NUMPY_TYPES:
+                raise CompressError(
+                    f"{name} gives output {port.name!r} as {_shown(port)}; compress compares numeric and bool tensor "
+                    "outputs (a scikit-learn converter's ZipMap: convert with options={'zipmap': False})"
+                )
         axes = batch_axes([list(p.shape) for p in [*inputs, *outputs]])
         vocabulary = vocabulary or {}
         self.inputs = [

@@ -222,6 +222,26 @@ def test_a_state_is_fed_with_its_batch_on_the_axis_the_model_declares(models):
     assert prob.shape == (3, 1) and state.shape == (3, 2, 4)
 
 
+def test_an_output_that_is_no_tensor_is_refused_in_one_line(tmp_path):
+    """A scikit-learn converter's ZipMap: a sequence of maps, class -> probability."""
+    nodes = [helper.make_node("ZipMap", ["p"], ["probs"], domain="ai.onnx.ml", classlabels_int64s=[0, 1])]
+    probs = helper.make_value_info(
+        "probs",
+        helper.make_sequence_type_proto(
+            helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+        ),
+    )
+    graph = helper.make_graph(nodes, "z", [value("p", TensorProto.FLOAT, ["n", 2])], [probs])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)], ir_version=8
+    )
+    onnx.save(model, str(tmp_path / "z.onnx"))
+    with pytest.raises(
+        Exception, match="gives output 'probs' as seq.*; compress compares numeric and bool tensor outputs"
+    ):
+        load_any(tmp_path / "z.onnx")
+
+
 def test_an_input_the_model_cannot_take_is_refused_in_one_line(tmp_path):
     nodes = [helper.make_node("Identity", ["text"], ["out"])]
     path = save(
