@@ -780,8 +780,10 @@ def _exclude_until_within(
 ) -> Candidate:
     """From ``start``, keep the most sensitive nodes in float: the first 1, 2, 4, ... of the ranking until
     the budget is met, then the fewest between the last two counts that still meets it (bisection), so a
-    graph of hundreds of nodes takes a handful of tries; else the most faithful candidate tried."""
+    graph of hundreds of nodes takes a handful of tries; else the most faithful candidate tried. At least
+    one node stays int8: a model with every compute node in float is fp32 under another name."""
     tried: dict[int, Candidate] = {0: start}
+    ranking = ranking[:-1]
 
     def attempt(count: int) -> Candidate:
         if count not in tried:
