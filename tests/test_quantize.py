@@ -293,6 +293,23 @@ def test_model_without_manifest_quantizes_with_data_and_preprocessing(mlp_onnx, 
     assert manifest["data"]["spec"] == "digits" and manifest["metrics"]["accuracy_drop_points"] <= 1.0
 
 
+@pytest.mark.slow
+def test_a_setting_the_quantizer_fails_on_is_left_out_of_the_search_and_recorded(mlp_onnx, tmp_path, monkeypatch):
+    """onnxruntime's quantizer raises on some graphs for some settings only: the others are still tried."""
+    real = quantize_module.Quantizer.quantize
+
+    def failing_per_channel(self, settings, exclude=(), only=None):
+        if settings.per_channel and settings.mode == "static":
+            raise CompressError("onnxruntime.quantization failed (test): ambiguous truth value")
+        return real(self, settings, exclude, only)
+
+    monkeypatch.setattr(quantize_module.Quantizer, "quantize", failing_per_channel)
+    manifest = quantize(config(mlp_onnx, tmp_path, search=True))
+    q = manifest["quantization"]
+    assert q["search_failed"] and all("ambiguous truth value" in f["error"] for f in q["search_failed"])
+    assert q["search"] and not any(r["per_channel"] and r["mode"] == "static" for r in q["search"])
+
+
 def test_search_prefers_the_default_unless_another_setting_is_faster_beyond_noise():
     base = choose_settings(QuantizeConfig(model="m.onnx", out="o.onnx"), X86_VNNI)
     space = search_space(base, X86_VNNI)

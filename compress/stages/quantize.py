@@ -447,9 +447,10 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
         quantizer = Quantizer(float_path, workdir, float_model, calibration, float_model.fixed_batch or 32)
 
         candidates: list[Candidate] = []
+        failed: list[dict[str, str]] = []  # search settings the quantizer failed on
         chosen: Candidate | None = None
         if config.search:
-            candidates = _search(quantizer, search_space(base, cpu), judge, timing_input, config)
+            candidates = _search(quantizer, search_space(base, cpu), judge, timing_input, config, failed)
             chosen = _pick([c for c in candidates if c.loss <= budget], base)
             if chosen is None:
                 log(f"search: no setting is within {budget} points; narrowing the default setting")
@@ -499,6 +500,7 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
             "coverage": coverage,
             "sensitivity": sensitivity,
             "search": [_candidate_record(c) for c in candidates] or None,
+            "search_failed": failed or None,
             "judged": judge.judged,
             "data": data.describe(),
             "synthetic_inputs": data.inputs,
@@ -552,15 +554,29 @@ def _pick(within: list[Candidate], base: Settings) -> Candidate | None:
 
 
 def _search(
-    quantizer: Quantizer, space: list[Settings], judge: Judge, timing_input: Samples, config: QuantizeConfig
+    quantizer: Quantizer,
+    space: list[Settings],
+    judge: Judge,
+    timing_input: Samples,
+    config: QuantizeConfig,
+    failed: list[dict[str, str]],
 ) -> list[Candidate]:
-    """Every setting of ``space`` quantized, judged against fp32, each timed beside fp32."""
+    """Every setting of ``space`` quantized, judged against fp32, each timed beside fp32. A setting the
+    quantizer fails on is left out, said and recorded in ``failed``; when every one fails, the first
+    failure is the error."""
     log(f"search: trying {len(space)} settings")
     candidates = []
     for settings in space:
-        candidate = judge(Candidate(settings, quantizer.quantize(settings)))
+        try:
+            candidate = judge(Candidate(settings, quantizer.quantize(settings)))
+        except CompressError as exc:
+            failed.append({"settings": settings.label, "error": str(exc)})
+            log(f"  {settings.label}: failed, left out ({exc})")
+            continue
         candidates.append(candidate)
         log(f"  {settings.label}: {judge.describe(candidate)}")
+    if not candidates:
+        raise CompressError(failed[0]["error"])
     _time_candidates(config.model, candidates, timing_input, config, rounds=3)
     return candidates
 
