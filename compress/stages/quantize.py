@@ -536,21 +536,23 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
 
 
 def _pick(within: list[Candidate], base: Settings) -> Candidate | None:
-    """The fastest candidate by speed-up over fp32 (each was timed beside fp32, so drift between
-    pairs cancels) — unless the default setting is within that one's round-to-round spread: then
-    the default, rather than a winner by noise."""
+    """The fastest candidate by speed-up over fp32 (each was timed beside fp32, so drift between pairs
+    cancels) — but among those not slower than it beyond its round-to-round spread, the most faithful,
+    and the default setting on a tie: a winner by noise never costs fidelity."""
     if not within:
         return None
     fastest = max(within, key=lambda c: c.speedup[0])
     default = next((c for c in within if replace(c.settings, reasons=()) == replace(base, reasons=())), None)
-    if default is not None and default is not fastest and default.speedup[0] >= fastest.speedup[1]:
+    as_fast = [c for c in within if c.speedup[0] >= fastest.speedup[1]]
+    chosen = min(as_fast, key=lambda c: (c.loss, c is not default, -c.speedup[0]))
+    if chosen is not fastest:
         log(
-            f"search: keeping the default {default.settings.label} ({default.speedup[0]:.2f}x): the "
-            f"fastest, {fastest.settings.label} ({fastest.speedup[0]:.2f}x), is not faster beyond "
-            f"its spread ({fastest.speedup[1]:.2f}-{fastest.speedup[2]:.2f}x)"
+            f"search: keeping {'the default ' if chosen is default else ''}{chosen.settings.label} "
+            f"({chosen.speedup[0]:.2f}x, {chosen.loss:.2f} points): the fastest, {fastest.settings.label} "
+            f"({fastest.speedup[0]:.2f}x, {fastest.loss:.2f} points), is not faster beyond its spread "
+            f"({fastest.speedup[1]:.2f}-{fastest.speedup[2]:.2f}x)"
         )
-        return replace(default, settings=base)
-    return fastest
+    return replace(chosen, settings=base) if chosen is default else chosen
 
 
 def _search(
