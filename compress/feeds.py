@@ -9,12 +9,14 @@ without a batch axis (a scalar sample rate, a fixed-size state) are fed the same
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .errors import CompressError
+from .hardware import available_memory_bytes
 
 # ONNX Runtime's type names of the tensors compress can feed, as NumPy types
 NUMPY_TYPES = {
@@ -248,14 +250,30 @@ def synthetic(
                 f"{flag} names {unknown[0]!r}, which is not an input of {model_name}; its inputs are "
                 f"{', '.join(sorted(names))}"
             )
+    full_shapes = {}
+    for spec in inputs:
+        shape = _sample_shape(spec, shapes.get(spec.name), model_name, inputs)
+        full_shapes[spec.name] = (n, *shape) if spec.batch_axis is not None else shape
+    _check_fits_in_memory(inputs, full_shapes, n)
     rng = np.random.default_rng(seed)
     batched, constants = {}, {}
     for spec in inputs:
-        shape = _sample_shape(spec, shapes.get(spec.name), model_name, inputs)
-        full = (n, *shape) if spec.batch_axis is not None else shape
-        array = _draw(spec, full, ranges.get(spec.name), rng)
+        array = _draw(spec, full_shapes[spec.name], ranges.get(spec.name), rng)
         (batched if spec.batch_axis is not None else constants)[spec.name] = array
     return Samples(batched, constants)
+
+
+def _check_fits_in_memory(inputs: list[Input], shapes: dict[str, tuple], n: int) -> None:
+    """CompressError when the synthetic samples would take more than a quarter of the available memory
+    (``--shape`` takes dimensions up to 2^20 each, so their product can be anything)."""
+    available = available_memory_bytes()
+    needed = sum(math.prod(shapes[spec.name]) * spec.dtype.itemsize for spec in inputs)
+    if available is not None and needed > available // 4:
+        given = ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
+        raise CompressError(
+            f"{n} synthetic samples of these shapes ({given}) would take {needed / 2**30:,.1f} GiB, more than a "
+            f"quarter of the {available / 2**30:,.1f} GiB of memory available; give smaller --shape dimensions"
+        )
 
 
 def value_rule(spec: Input, given: tuple[float, float] | None = None) -> str:
@@ -293,8 +311,9 @@ def _draw(spec: Input, shape: tuple, given: tuple[float, float] | None, rng: np.
             return np.ones(shape, np.bool_)
         return rng.standard_normal(shape).astype(dtype)
     low, high = low_high
-    if dtype.kind == "f":
-        return rng.uniform(low, high, shape).astype(dtype)
+    if dtype.kind == "f":  # within what the type holds: float16 overflows to inf at 65504
+        limit = float(np.finfo(dtype).max)
+        return rng.uniform(max(low, -limit), min(high, limit), shape).astype(dtype)
     info = np.iinfo(dtype) if dtype.kind in "iu" else None
     if info is not None:
         low, high = max(low, info.min), min(high, info.max)

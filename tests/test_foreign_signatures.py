@@ -328,6 +328,7 @@ BAD = {
     "symbolic_dims_without_shape": ("map", lambda folder: [], "give them with --shape image=Nx3xNxN"),
     "shape_of_an_unknown_input": ("tokens", lambda folder: ["--shape", "pixels=1x16"], "--shape names 'pixels'"),
     "bad_range": ("tokens", lambda folder: ["--input-range", "ids=9:1"], "is not NAME=LOW:HIGH"),
+    "shape_beyond_memory": ("map", lambda folder: ["--shape", "image=1x3x100000x100000"], "give smaller --shape"),
     "range_of_an_unknown_input": ("tokens", lambda folder: ["--input-range", "x=0:1"], "--input-range names 'x'"),
 }
 
@@ -382,3 +383,23 @@ def test_quantize_static_calibrates_on_arrays_named_after_the_inputs(models, in_
     assert manifest["quantization"]["calibration_samples"] == 240  # the 80% not held out
     assert manifest["metrics"]["fidelity"]["samples"] == 60 and manifest["metrics"]["fidelity"]["split"] == "val"
     assert manifest["quantization"]["data"] == f"npz:{in_tmp / 'd.npz'}"
+
+
+@pytest.mark.slow
+def test_outputs_of_inf_are_said_never_taken_for_a_small_error(in_tmp, capsys):
+    """exp(100) is inf in float32: fp32 itself gives no finite output to compare int8 with."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Exp", ["xw"], ["y"])]
+    path = save(
+        in_tmp / "exp.onnx",
+        nodes,
+        [value("x", TensorProto.FLOAT, ["n", 4])],
+        [value("y", TensorProto.FLOAT, ["n", 2])],
+        [const("w", np.ones((4, 2), np.float32))],
+    )
+    code, err = run_cli(["quantize", path, "--out", "q.onnx", "--mode", "dynamic", "--input-range", "x=25:30"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "gives non-finite values (inf or NaN) in output 'y'" in err
+    assert not (in_tmp / "q.onnx").exists()
+    other = in_tmp / "exp2.onnx"
+    other.write_bytes(path.read_bytes())
+    code, err = run_cli(["bench", path, other, "--report", "r", "--input-range", "x=25:30", *QUICK_BENCH], capsys)
+    assert code == 0 and "not reported" in err

@@ -13,7 +13,13 @@ import numpy as np
 
 
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
-    """``candidate``'s outputs against ``reference``'s, sample by sample (same inputs, same order)."""
+    """``candidate``'s outputs against ``reference``'s, sample by sample (same inputs, same order); outputs of
+    inf or NaN give NaN figures, quietly (the callers say what that means)."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return _compare(reference, candidate)
+
+
+def _compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
     if reference.shape != candidate.shape:
         raise ValueError(f"outputs of shape {candidate.shape} cannot be compared with {reference.shape}")
     ref = reference.astype(np.float64).reshape(len(reference), -1)

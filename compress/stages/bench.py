@@ -304,9 +304,13 @@ def _against_baseline(output: np.ndarray, base: np.ndarray, same_inputs: bool, i
         agreement = 1.0 if is_baseline and gives_classes(output) else None
         return {"agreement_with_baseline": agreement, "fidelity_to_baseline": None}
     found = compare_outputs(base, output)
+    distance = {k: found[k] for k in ("cosine", "relative_l2", "max_abs_diff")}
+    if not all(np.isfinite(v) for v in distance.values()):
+        logging.getLogger(__name__).warning("outputs of inf or NaN: their distance to the baseline is not reported")
+        distance = None
     return {
         "agreement_with_baseline": found["top1_agreement"] if gives_classes(output) else None,
-        "fidelity_to_baseline": {k: found[k] for k in ("cosine", "relative_l2", "max_abs_diff")},
+        "fidelity_to_baseline": distance,
     }
 
 

@@ -429,10 +429,10 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
     # real samples when there is data (zeros can take faster paths), repeated to fill the batch
     timing_input = data.test.batch(float_model.fixed_batch or config.batch_size)
     float_model.run(timing_input)  # one run before any work: a model that fails here stops here
+    judge = Judge(float_model, *_held_out(data))
     if data.kind == "synthetic":
         values = "; ".join(f"{i['name']}: {i['values']}" for i in data.inputs)
         log(f"no data: int8 is judged against fp32 on {SYNTHETIC_SAMPLES} synthetic samples ({values})")
-    judge = Judge(float_model, *_held_out(data))
     if judge.resolution > budget:
         logger.warning(
             f"{len(judge.x)} {judge.split} samples judge int8: one of them is {judge.resolution:.2f} points, more "
@@ -460,6 +460,11 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
         if chosen.loss > budget:
             chosen, sensitivity = _narrow(quantizer, chosen, judge, budget)
         over_budget = chosen.loss > budget
+        if not np.isfinite(chosen.loss):
+            raise CompressError(
+                "int8 gives non-finite outputs (inf or NaN) where fp32 does not, however it is narrowed; nothing "
+                "written (not even with --allow-over-budget)"
+            )
         if over_budget and not config.allow_over_budget:
             raise CompressError(
                 f"int8 misses the fidelity budget: {judge.describe(chosen)} with only Conv/MatMul/Gemm quantized "
@@ -583,6 +588,11 @@ def _search(
     return candidates
 
 
+def _finite(value: Any) -> Any:
+    """``value``, or None for a float that is inf or NaN (manifests are strict JSON)."""
+    return None if isinstance(value, float) and not np.isfinite(value) else value
+
+
 def _pct(accuracy: float | None) -> str:
     return "n/a" if accuracy is None else f"{100 * accuracy:.2f}%"
 
@@ -599,6 +609,12 @@ class Judge:
         self.judged: list[dict[str, Any]] = []  # every candidate judged, in order: what was tried
         self.references = float_model.predict(x)
         self.reference = self.references[0]
+        for port, output in zip(float_model.outputs, self.references):
+            if output.dtype.kind == "f" and not np.isfinite(output).all():
+                raise CompressError(
+                    f"{float_model.name} gives non-finite values (inf or NaN) in output {port.name!r} on the {split} "
+                    "samples, so int8 cannot be compared with it; check the data (or --input-range) it is fed"
+                )
         self.float_accuracy = classifier_accuracy(self.reference, y)
         if y is not None and self.float_accuracy is None:
             log(
@@ -626,18 +642,23 @@ class Judge:
             candidate.loss = 100 * (self.float_accuracy - candidate.accuracy)
         else:
             candidate.loss = candidate.fidelity["loss_points"]
+        if not np.isfinite(candidate.loss):  # int8 outputs of inf or NaN: as far from fp32 as can be
+            candidate.loss = float("inf")
+            candidate.fidelity = {k: _finite(v) for k, v in candidate.fidelity.items()}
         # exactly one sample over 100 is 1.0000000000000002 points in floating point: not over a budget of 1
         candidate.loss = round(candidate.loss, 9)
         self.judged.append(
             {
                 "settings": candidate.settings.label,
                 "float_nodes": len(candidate.excluded),
-                "loss_points": candidate.loss,
+                "loss_points": _finite(candidate.loss),  # None: non-finite outputs
             }
         )
         return candidate
 
     def describe(self, candidate: Candidate) -> str:
+        if candidate.loss == float("inf"):
+            return f"non-finite outputs (inf or NaN) on {len(self.x)} {self.split} samples"
         if self.y is not None:
             return (
                 f"accuracy {_pct(self.float_accuracy)} -> {_pct(candidate.accuracy)} on {self.split} "
@@ -782,15 +803,18 @@ def _rank_nodes(quantizer: Quantizer, settings: Settings, judge: Judge) -> list[
     for name in _quantizable_nodes(quantizer.float_path):
         path = quantizer.quantize(settings, only=[name])
         outputs = judge.outputs(path, x)[0]
+        with np.errstate(invalid="ignore", over="ignore"):  # int8 outputs of inf: a relative_mse of None
+            mse = float(np.mean((outputs.astype(np.float64) - reference) ** 2)) / scale
         ranking.append(
             {
                 "node": name,
-                "relative_mse": float(np.mean((outputs.astype(np.float64) - reference) ** 2)) / scale,
+                "relative_mse": _finite(mse),
                 "top1_agreement": compare_outputs(reference, outputs)["top1_agreement"],
             }
         )
         path.unlink()
-    return sorted(ranking, key=lambda r: -r["relative_mse"])
+    # a node whose int8 alone gives inf or NaN (relative_mse None) is the most sensitive of all
+    return sorted(ranking, key=lambda r: -(r["relative_mse"] if r["relative_mse"] is not None else float("inf")))
 
 
 def _exclude_until_within(
@@ -935,7 +959,7 @@ def _candidate_record(c: Candidate) -> dict[str, Any]:
         "weight_type": c.settings.weight_type,
         "per_channel": c.settings.per_channel,
         "accuracy": c.accuracy,
-        "loss_points": c.loss,
+        "loss_points": _finite(c.loss),
         "top1_agreement": c.fidelity["top1_agreement"],
         "p50_ms": c.latency["p50_ms"] if c.latency else None,
         "speedup": c.speedup[0] if c.speedup else None,
