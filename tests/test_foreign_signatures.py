@@ -286,6 +286,25 @@ def test_bench_with_arrays_named_after_the_inputs_measures_accuracy_where_there_
     assert entry["preprocessing"] is None and entry["accuracy_not_measured"] is None
 
 
+def test_bench_says_why_labels_give_no_accuracy_for_an_output_without_classes(models, in_tmp, capsys):
+    rng = np.random.default_rng(6)
+    np.savez(
+        in_tmp / "d.npz",
+        x=rng.standard_normal((20, 8)).astype(np.float32),
+        state=np.zeros((20, 2, 4), np.float32),
+        sr=np.array(1),
+        y=rng.integers(0, 2, 20),
+    )
+    args = ["bench", models["stateful"], "--report", "r", "--data", f"npz:{in_tmp / 'd.npz'}", *QUICK_BENCH]
+    code, err = run_cli(args, capsys)
+    assert code == 0, err
+    entry = json.loads((in_tmp / "r" / "report.json").read_text())["models"][0]
+    assert entry["providers"]["cpu"]["top1"] is None
+    assert (
+        "its first output, 'prob' of shape [20, 1], gives no scores of the 2 classes" in entry["accuracy_not_measured"]
+    )
+
+
 def test_bench_compares_outputs_without_classes_against_the_baseline(models, in_tmp, capsys):
     """Two map models on the same synthetic inputs: no accuracy, but how far the second's map moved."""
     other = in_tmp / "map2.onnx"

@@ -182,6 +182,11 @@ def measure(config: BenchConfig) -> dict[str, Any]:
             # the very first run of a fresh session, before anything else touches it
             first = first_run_s(make_call(loaded, x.batch(max(config.batch_sizes)), config.include_copies))
             outputs[path] = loaded.runner.predict(x)[0]
+            if y is not None and classifier_accuracy(outputs[path], y) is None:
+                entries[path]["accuracy_not_measured"] = (
+                    f"its first output, {loaded.runner.outputs[0].name!r} of shape {list(outputs[path].shape)}, gives "
+                    f"no scores of the {len(info['data'].labels or [])} classes the labels of {info['data'].spec} name"
+                )
             entries[path]["providers"][provider] = {
                 "session_create_s": loaded.create_s,
                 "first_run_s": first,
