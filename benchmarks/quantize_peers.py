@@ -52,7 +52,7 @@ from compress.errors import CompressError, first_line
 from compress.feeds import Samples
 from compress.measure.fidelity import classifier_accuracy, top1_agreement
 from compress.measure.latency import compare
-from compress.onnx_io import OnnxModel, model_info, open_session, quiet, session_options
+from compress.onnx_io import OnnxModel, model_info, open_session, quiet
 from compress.stages.quantize import DEFAULT_BUDGET_POINTS
 
 SECTION = "quantize_peers"
@@ -331,17 +331,10 @@ def run_compress(bench: Bench, out: Path, extra: list[str]) -> str:
 def run_nncf(bench: Bench, out: Path, preset: str) -> str:
     from compress.nncf_backend import quantize_with_nncf
 
-    try:
+    try:  # a model onnxruntime cannot load is refused by quantize_with_nncf itself
         quantize_with_nncf(bench.fp32, out, bench.batches(), preset)
     except CompressError as exc:
         return f"failed: {exc}"
-    import onnxruntime
-
-    try:
-        onnxruntime.InferenceSession(str(out), session_options(), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime's own exception types
-        out.unlink()
-        return f"NNCF's model does not load in onnxruntime: {str(exc).strip().splitlines()[0]}"
     return "written"
 
 

@@ -58,8 +58,13 @@ class Input:
 
     def shown(self) -> str:
         """``int32 [N, 2048]``."""
-        dtype = {"float": "float32", "double": "float64"}.get(self.type[7:-1], self.type[7:-1])
-        return f"{dtype} {shown_dims(self.dims)}"
+        return f"{dtype_name(self.type)} {shown_dims(self.dims)}"
+
+
+def dtype_name(tensor_type: str) -> str:
+    """``tensor(float)`` -> ``float32``: an ONNX Runtime tensor type as NumPy names it."""
+    inner = tensor_type[len("tensor(") : -1]
+    return {"float": "float32", "double": "float64"}.get(inner, inner)
 
 
 def shown_dims(dims) -> str:
@@ -211,6 +216,24 @@ def cast_to(array: np.ndarray, spec: Input, source: str) -> np.ndarray:
                 f"{dtype.name} values as stored (for data read through a preprocessing, use --preprocessing raw)"
             )
     return np.ascontiguousarray(array.astype(dtype))
+
+
+def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
+    """``["x=1x3x224x224"]`` -> ``{"x": (1, 3, 224, 224)}``: the shapes ``--shape`` gives inputs (ValueError
+    naming the item that is not NAME=DxDx...)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for item in items:
+        name, sep, dims = item.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or not all(1 <= d <= 1 << 20 for d in shape):
+            raise ValueError(f"{item!r} is not NAME=DxDx... with whole dimensions from 1, e.g. input=1x3x224x224")
+        if name in shapes:
+            raise ValueError(f"input {name!r} is given two shapes; give each input once")
+        shapes[name] = shape
+    return shapes
 
 
 def parse_ranges(items: list[str]) -> dict[str, tuple[float, float]]:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CompressError, first_line
-from .onnx_io import quiet
+from .onnx_io import quiet, session_options
 
 NNCF_PRESETS = ("performance", "mixed")  # nncf.QuantizationPreset.PERFORMANCE / MIXED
 MISSING = "the nncf backend needs NNCF; install it with pip install 'compress[nncf]'"
@@ -116,6 +116,22 @@ def quantize_with_nncf(
             f"NNCF could not quantize {float_path.name} ({first_line(exc)}); try --backend onnxruntime"
         ) from None
     onnx.save(quantized, str(out), save_as_external_data=False)
+    _check_loads(out)
+
+
+def _check_loads(path: Path) -> None:
+    """CompressError (and ``path`` removed) unless ONNX Runtime loads what NNCF wrote."""
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own exception types
+        path.unlink(missing_ok=True)
+        raise CompressError(
+            f"NNCF wrote an int8 model onnxruntime cannot load ({first_line(exc, 160)}); use --backend "
+            "onnxruntime, or re-export the model at a lower opset (NNCF 3.4 mis-types some QuantizeLinear nodes "
+            "from opset 21)"
+        ) from None
 
 
 def _import_nncf() -> Any:

@@ -20,6 +20,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from .errors import CompressError, first_line, foreign_errors
+from .feeds import NUMPY_TYPES, Input, batch_axes, dtype_name, shown_dims
 from .hardware import available_memory_bytes
 
 # ONNX Runtime graph optimisation levels (bench times at any; export saves a graph optimised at one)
@@ -157,24 +158,6 @@ def vocabularies(graph) -> dict[str, int]:
     return found
 
 
-def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
-    """``["x=1x3x224x224"]`` -> ``{"x": (1, 3, 224, 224)}``: the shapes ``--shape`` gives inputs (ValueError
-    naming the item that is not NAME=DxDx...)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for item in items:
-        name, sep, dims = item.rpartition("=")
-        try:
-            shape = tuple(int(d) for d in dims.lower().split("x"))
-        except ValueError:
-            shape = ()
-        if not sep or not name or not shape or not all(1 <= d <= 1 << 20 for d in shape):
-            raise ValueError(f"{item!r} is not NAME=DxDx... with whole dimensions from 1, e.g. input=1x3x224x224")
-        if name in shapes:
-            raise ValueError(f"input {name!r} is given two shapes; give each input once")
-        shapes[name] = shape
-    return shapes
-
-
 class Port(NamedTuple):
     """A tensor of a graph, described by the fields of ONNX Runtime's ``NodeArg`` (for messages)."""
 
@@ -261,12 +244,10 @@ def _port(value) -> Port:
 
 def _shown(port) -> str:
     """``float64 [N, 1, 8, 8]``: the dtype and shape of a ``NodeArg`` or :class:`Port`."""
-    inner = port.type[len("tensor(") : -1] if port.type.startswith("tensor(") else None
-    if inner is None:
+    if not port.type.startswith("tensor("):
         return f"{port.type} (not a tensor)"
-    dtype = {"float": "float32", "double": "float64"}.get(inner, inner)
-    dims = ", ".join("?" if d is None else str(d) for d in port.shape)
-    return f"{dtype} [{dims}]" if port.shape else f"{dtype} of unknown shape"
+    dtype = dtype_name(port.type)
+    return f"{dtype} {shown_dims(port.shape)}" if port.shape else f"{dtype} of unknown shape"
 
 
 def _min_bytes(value) -> int:
@@ -337,11 +318,6 @@ def open_session(
         return ort.InferenceSession(source, sess_options=options, providers=providers or ["CPUExecutionProvider"])
 
 
-def _dims(shape: list) -> str:
-    """``[N, 3, ?, ?]``: a shape with its symbolic dimensions by name, unknown ones as ``?``."""
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
 class OnnxModel:
     """A session of any signature: its inputs as :class:`~compress.feeds.Input` s (type, dimensions, batch
     axis), batched prediction of every output, timing calls, and onnxruntime's run-time failures as one line.
@@ -349,8 +325,6 @@ class OnnxModel:
     Inputs are fed from :class:`~compress.feeds.Samples`; a model takes numeric tensors only."""
 
     def __init__(self, session, name: str = "model", vocabulary: dict[str, int] | None = None):
-        from .feeds import NUMPY_TYPES, Input, batch_axes
-
         self.session = session
         self.name = name
         inputs, outputs = session.get_inputs(), session.get_outputs()
@@ -414,7 +388,7 @@ class OnnxModel:
         if y.ndim <= axis or y.shape[axis] != n:
             raise CompressError(
                 f"{self.name} gave output {port.name!r} of shape {list(y.shape)} for a batch of {n} samples, "
-                f"where its declared shape {_dims(port.shape)} has the batch on axis {axis}; a model compress "
+                f"where its declared shape {shown_dims(port.shape)} has the batch on axis {axis}; a model compress "
                 "measures keeps one result per sample"
             )
         return np.moveaxis(y, axis, 0) if axis else y

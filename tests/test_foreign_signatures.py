@@ -8,7 +8,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from factories.onnx_graphs import const, save, value
+from onnx import TensorProto, helper
 
 from compress.cli import main
 from compress.feeds import Samples, batch_axes, parse_ranges, synthetic
@@ -16,22 +17,6 @@ from compress.onnx_io import load_any
 
 VOCAB, LENGTH, CLASSES = 50, 16, 4
 QUICK_BENCH = ["--batch-sizes", "1,8", "--warmup", "0", "--min-runs", "3", "--min-time", "0.01", "--no-memory"]
-
-
-def value(name, dtype, shape):
-    return helper.make_tensor_value_info(name, dtype, shape)
-
-
-def const(name, array):
-    return numpy_helper.from_array(np.asarray(array), name)
-
-
-def save(path, nodes, inputs, outputs, initializers):
-    graph = helper.make_graph(nodes, path.stem, inputs, outputs, initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
 
 
 def token_classifier(path):

@@ -10,9 +10,9 @@ for a whole batch), which are measured rather than refused.
 import json
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from factories.onnx_graphs import const, save, value
+from onnx import TensorProto, helper
 
 from compress.artifacts import manifest_path
 from compress.cli import main
@@ -22,23 +22,6 @@ from compress.stages.quantize import QuantizeConfig, quantize
 BATCH = ["N", 1, 8, 8]
 HUGE = [200_000, 200_000]  # 149 GiB of float32
 HUGER = [1 << 20, 1 << 20]  # 4 TiB: beyond what any system grants
-
-
-def value(name, dtype, shape):
-    return helper.make_tensor_value_info(name, dtype, shape)
-
-
-def const(name, array):
-    return numpy_helper.from_array(np.asarray(array), name)
-
-
-def save(path, nodes, inputs, outputs, initializers):
-    graph = helper.make_graph(nodes, path.stem, inputs, outputs, initializers)
-    opsets = [helper.make_opsetid("", 17)]
-    model = helper.make_model(graph, opset_imports=opsets, ir_version=8)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
 
 
 def classifier_nodes(x="x", out="logits"):

@@ -82,13 +82,13 @@ def load_model_data(
             fingerprint=f"synthetic/{seed}/{sorted(shapes.items())}/{sorted(ranges.items())}",
             inputs=signature_record(model.inputs, ranges),
         )
-    source = spec.removeprefix("npz:")
-    if spec.startswith("npz:") and _names_inputs(Path(source), model):
+    members = set(npz_members(Path(spec.removeprefix("npz:")))) if spec.startswith("npz:") else set()
+    if members & {i.name for i in model.inputs} and "x_train" not in members:  # not a data source's x_train...
         if preprocessing is not None:
             logger.info(
                 "%s: arrays named after the model's inputs are fed as stored; --preprocessing is not used", spec
             )
-        return _from_arrays(spec, Path(source), model, seed)
+        return _from_arrays(spec, members, model, seed)
     if len(model.inputs) != 1 or model.inputs[0].batch_axis is None:
         raise CompressError(
             f"{model.name} takes {len(model.inputs)} inputs ({model.signature()}), but {spec} gives one array per "
@@ -115,15 +115,10 @@ def load_model_data(
     )
 
 
-def _names_inputs(path: Path, model) -> bool:
-    """The archive holds an array named after one of the model's inputs (not a data source's x_train...)."""
-    members = set(npz_members(path))
-    return bool(members & {spec.name for spec in model.inputs}) and "x_train" not in members
-
-
-def _from_arrays(spec: str, path: Path, model, seed: int) -> ModelData:
+def _from_arrays(spec: str, members: set[str], model, seed: int) -> ModelData:
+    """The arrays of an npz archive whose ``members`` are named after the model's inputs."""
+    path = Path(spec.removeprefix("npz:"))
     names = tuple(i.name for i in model.inputs)
-    members = set(npz_members(path))
     optional = tuple(k for k in (LABELS_KEY, CLASS_NAMES_KEY) if k in members)
     arrays = load_npz(path, required=tuple(n for n in names if n in members) or names, optional=optional)
     samples = for_inputs(model.inputs, {n: arrays[n] for n in names if n in arrays}, spec, model.name)

@@ -109,34 +109,31 @@ def output_suffix(suffix: str) -> Any:
     return field_validator("out")(check)
 
 
-def _valid_shapes(items: list[str]) -> list[str]:
-    from ..onnx_io import parse_shapes
+def _parsed_by(parser: str) -> AfterValidator:
+    """A validator of a list of ``NAME=...`` items: ``compress.feeds.<parser>`` raises a ValueError naming
+    the item that does not parse; the stage parses them again where it uses them."""
 
-    parse_shapes(items)  # a ValueError names the item
-    return items
+    def check(items: list[str]) -> list[str]:
+        from .. import feeds
+
+        getattr(feeds, parser)(items)
+        return items
+
+    return AfterValidator(check)
 
 
 # ``--shape NAME=1x3x224x224`` (repeatable): the shape of a model input whose dimensions are symbolic, for
-# inputs made without data (timing, fidelity); the stage parses it with ``onnx_io.parse_shapes``.
+# inputs made without data (timing, fidelity).
 InputShapes = Annotated[
-    list[str], Cli(flags=("--shape",), metavar="NAME=DxDx...", repeat=True), AfterValidator(_valid_shapes)
+    list[str], Cli(flags=("--shape",), metavar="NAME=DxDx...", repeat=True), _parsed_by("parse_shapes")
 ]
 SHAPES_HELP = (
     "Shape of a model input with symbolic dimensions, batch first, for inputs made without data "
     "(e.g. x=1x3x224x224; repeatable)."
 )
-
-
-def _valid_ranges(items: list[str]) -> list[str]:
-    from ..feeds import parse_ranges
-
-    parse_ranges(items)  # a ValueError names the item
-    return items
-
-
 # ``--input-range NAME=LOW:HIGH`` (repeatable): the values synthetic inputs are drawn from (feeds.synthetic).
 InputRanges = Annotated[
-    list[str], Cli(flags=("--input-range",), metavar="NAME=LOW:HIGH", repeat=True), AfterValidator(_valid_ranges)
+    list[str], Cli(flags=("--input-range",), metavar="NAME=LOW:HIGH", repeat=True), _parsed_by("parse_ranges")
 ]
 RANGES_HELP = (
     "Values of a model input made without data, inclusive (e.g. input_ids=0:30521; repeatable). Default: "

@@ -22,14 +22,14 @@ from ..artifacts import cached_sha256, read_manifest
 from ..data import PREPROCESSING_HELP, PreprocessingChoice
 from ..data.model_data import ModelData, load_model_data
 from ..errors import CompressError
-from ..feeds import Samples, parse_ranges
+from ..feeds import Samples, parse_ranges, parse_shapes
 from ..hardware import machine_info
 from ..measure.fidelity import classifier_accuracy, compare_outputs, gives_classes
 from ..measure.latency import LatencyStats, compare, time_calls
 from ..measure.report import REPORT_FILES, write_report
 from ..measure.runner import PROVIDERS, check_available, first_run_s, load, make_call, node_placement, peak_memory_mb
 from ..measure.stats import median_ci, speedup_ci, verdict
-from ..onnx_io import OptimizationLevel, load_any, model_info, parse_shapes
+from ..onnx_io import OptimizationLevel, load_any, model_info
 from .base import RANGES_HELP, SHAPES_HELP, Cli, InputRanges, InputShapes, Shortcut, Stage, StageConfig
 from .train import DATA_HELP, MAX_BATCH, MAX_SAMPLES, MAX_THREADS
 
@@ -180,9 +180,11 @@ def measure(config: BenchConfig) -> dict[str, Any]:
             loaded = load(path, provider, max(config.threads), config.optimization)
             x, y = _test_split(info["data"], config.accuracy_samples)
             # the very first run of a fresh session, before anything else touches it
-            first = first_run_s(make_call(loaded, x.batch(max(config.batch_sizes)), config.include_copies))
+            largest = x.batch(max(config.batch_sizes))
+            first = first_run_s(make_call(loaded, largest, config.include_copies))
             outputs[path] = loaded.runner.predict(x)[0]
-            if y is not None and classifier_accuracy(outputs[path], y) is None:
+            accuracy = _accuracy(outputs[path], y)
+            if y is not None and accuracy["top1"] is None:
                 entries[path]["accuracy_not_measured"] = (
                     f"its first output, {loaded.runner.outputs[0].name!r} of shape {list(outputs[path].shape)}, gives "
                     f"no scores of the {len(info['data'].labels or [])} classes the labels of {info['data'].spec} name"
@@ -190,13 +192,13 @@ def measure(config: BenchConfig) -> dict[str, Any]:
             entries[path]["providers"][provider] = {
                 "session_create_s": loaded.create_s,
                 "first_run_s": first,
-                **_accuracy(outputs[path], y),
+                **accuracy,
                 "placement": (
                     node_placement(path, provider, max(config.threads), config.optimization, x.batch(1))
                     if provider != "cpu"
                     else None
                 ),
-                **_memory(path, provider, config, x.batch(max(config.batch_sizes))),
+                **_memory(path, provider, config, largest),
             }
         for path in models:
             record = entries[path]["providers"][provider]
