@@ -116,8 +116,12 @@ def _parsed(config: type, name: str, value: Any) -> Any:
 def run_stage(stage: Stage, config: Any) -> None:
     """Run a stage and say what came of it: its summary, then every file written."""
     from .artifacts import manifest_path
+    from .launch import reports
 
-    for line in stage.summary(stage.execute(config)):
+    result = stage.execute(config)
+    if not reports():  # under torchrun the first process speaks for all
+        return
+    for line in stage.summary(result):
         click.echo(line)
     for name in stage.writes:
         path = Path(getattr(config, name))

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch.utils.data import DistributedSampler
 
 from .artifacts import atomic_path, input_record, new_manifest, resume_path, save_checkpoint
 from .data import Dataset
 from .distillation.losses import hard_label_ce
+from .distributed import SINGLE, World, average_gradients, join, wrap
 from .errors import CompressError, foreign_errors
 from .modelspec import canonical_spec, count_macs, count_params
 from .progress import step_bar
@@ -55,21 +57,34 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def place(device: str) -> World:
+    """The device named by ``--device`` and, under torchrun, this process's place among the others."""
+    return join(resolve_device(device))
+
+
 @torch.no_grad()
-def accuracy(predict, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
-    """Top-1 accuracy (fraction) of ``predict`` (a module, run in eval mode, or any callable)."""
+def accuracy(
+    predict, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024, world: World = SINGLE, device=None
+) -> float:
+    """Top-1 accuracy (fraction) of ``predict`` (a module, run in eval mode, or any callable).
+
+    Across several processes each counts its block of the samples and the counts are summed, so
+    every sample counts once. Batches are moved to ``device`` first (data may wait in host memory)."""
     if len(x) == 0:
         return float("nan")
     module = predict if isinstance(predict, torch.nn.Module) else None
     was_training = module.training if module is not None else False
     if module is not None:
         module.eval()
+    block = world.block(len(x))
     correct = 0
-    for start in range(0, len(x), batch_size):
-        logits = predict(x[start : start + batch_size])
-        correct += (logits.argmax(1) == y[start : start + batch_size]).sum().item()
+    for start in range(block.start, block.stop, batch_size):
+        end = min(start + batch_size, block.stop)
+        logits = predict(x[start:end].to(device or x.device, non_blocking=True))
+        correct += (logits.argmax(1) == y[start:end].to(logits.device)).sum().item()
     if module is not None:
         module.train(was_training)
+    (correct,) = world.sum([correct])
     return correct / len(x)
 
 
@@ -140,21 +155,34 @@ class LabelObjective:
 
 
 class Fit:
-    """One training run: construct, then ``run()``; the best weights end up at ``config.out``."""
+    """One training run: construct, then ``run()``; the best weights end up at ``config.out``.
+
+    Under torchrun every process builds the same Fit; ``world`` says which one this is. Each trains
+    on its slice of every global batch of ``config.batch_size`` samples and rank 0 writes the files.
+    """
 
     def __init__(
-        self, config, stage: str, dataset: Dataset, model: torch.nn.Module, objective: Objective, device: torch.device
+        self, config, stage: str, dataset: Dataset, model: torch.nn.Module, objective: Objective, world: World
     ):
-        self.config, self.stage, self.dataset, self.objective = config, stage, dataset, objective
-        self.device = device
-        self.model = model.to(device)
+        self.config, self.stage, self.dataset, self.objective, self.world = config, stage, dataset, objective, world
+        if config.batch_size % world.size:
+            raise CompressError(
+                f"--batch-size {config.batch_size} is the global batch, shared by {world.size} processes, and must "
+                f"divide evenly among them; use a multiple of {world.size}"
+            )
+        self.device = device = world.device
+        self.module = model.to(device)  # the network itself: its names, its weights, the checkpoint
+        self.model = wrap(self.module, world)  # what trains: in DistributedDataParallel across processes
         self.autocast = device.type == "cuda"  # bf16 autocast on GPUs; CPU stays fp32 (deterministic)
-        self.x_train = torch.from_numpy(dataset.x_train).to(device)
-        self.y_train = torch.from_numpy(dataset.y_train).to(device)
-        self.x_val = torch.from_numpy(dataset.x_val).to(device)
-        self.y_val = torch.from_numpy(dataset.y_val).to(device)
-        self.steps_per_epoch = math.ceil(len(self.x_train) / config.batch_size)
-        self.optimizer = make_optimizer(config, list(self.model.parameters()) + objective.parameters())
+        self.x_train, self.y_train = self._placed(dataset.x_train), self._placed(dataset.y_train)
+        self.x_val, self.y_val = self._placed(dataset.x_val), self._placed(dataset.y_val)
+        self.batch_per_process = config.batch_size // world.size
+        # The same seed on every rank: the same permutation each epoch, of which each rank takes its share.
+        self.sampler = DistributedSampler(
+            range(len(self.x_train)), num_replicas=world.size, rank=world.rank, seed=config.seed * 100_003
+        )
+        self.steps_per_epoch = math.ceil(len(self.sampler) / self.batch_per_process)
+        self.optimizer = make_optimizer(config, list(self.module.parameters()) + objective.parameters())
         self.schedule = make_schedule(config, self.optimizer, config.epochs * self.steps_per_epoch)
         self.max_shift = 0
         if config.augment == "shift":
@@ -170,16 +198,27 @@ class Fit:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
 
+    def _placed(self, array) -> torch.Tensor:
+        """A split where training reads it: on the GPU when it takes at most a quarter of the free memory,
+        else in pinned host memory, copied batch by batch without blocking; on the CPU as it is."""
+        tensor = torch.from_numpy(array)
+        if self.device.type != "cuda":
+            return tensor
+        free, _total = torch.cuda.mem_get_info(self.device)
+        return tensor.to(self.device) if tensor.nbytes <= free / 4 else tensor.pin_memory()
+
     # -- resume ----------------------------------------------------------------------------
     def _config_dict(self) -> dict:
         return self.config.model_dump(mode="json")
 
     def save_resume_state(self) -> None:
+        """Rank 0 writes what continues the run; every rank's random state goes with it."""
+        rank_rng = self.world.from_all(_rng_state(self.device))
         state = {
             "format": RESUME_FORMAT,
             "config": self._config_dict(),
             "epoch": self.epoch,
-            "model": self.model.state_dict(),
+            "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "objective": self.objective.state_dict(),
@@ -188,17 +227,51 @@ class Fit:
             "best_state": self.best_state,
             "history": self.history,
             "torch_rng": torch.get_rng_state(),
+            "world_size": self.world.size,
+            "rank_rng": rank_rng,
         }
-        with atomic_path(resume_path(self.config.out)) as tmp:
-            torch.save(state, tmp)
+
+        def write() -> None:
+            with atomic_path(resume_path(self.config.out)) as tmp:
+                torch.save(state, tmp)
+
+        self.world.main_does(write)
 
     def load_resume_state(self) -> None:
+        # rank 0 reads the file (the only one sure to see it, as it wrote it) and hands it to the others
+        state = self.world.main_does(self._read_resume_state)
+        path = resume_path(self.config.out)
+        with foreign_errors(
+            f"resume state {path} does not fit this run", "delete it and run without --resume", typed=True
+        ):
+            self.module.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+            self.objective.load_state_dict(state["objective"])
+            self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val"], state["best_epoch"]
+            self.best_state, self.history = state["best_state"], state["history"]
+            if self.best_state is not None:
+                self.best_state = {k: v.to(self.device) for k, v in self.best_state.items()}
+            if not (isinstance(self.epoch, int) and 0 <= self.epoch <= self.config.epochs):
+                raise ValueError(f"epoch {self.epoch!r} is not one of this run's {self.config.epochs}")
+            rank_rng = state.get("rank_rng") or []
+            if state.get("world_size", 1) == self.world.size and len(rank_rng) == self.world.size:
+                _set_rng_state(rank_rng[self.world.rank], self.device)
+            else:
+                torch.set_rng_state(state["torch_rng"].cpu())
+                log(
+                    f"the interrupted run had {state.get('world_size', 1)} process(es), this one {self.world.size}: "
+                    "the global batches are the same, random draws inside the model (dropout) are not"
+                )
+        log(f"resuming {self.config.out} after epoch {self.epoch}/{self.config.epochs}")
+
+    def _read_resume_state(self) -> dict:
         path = resume_path(self.config.out)
         if not path.exists():
             raise CompressError(f"nothing to resume: {path} does not exist; run without --resume")
         # torch raises several types for a damaged file
         with foreign_errors(f"resume state {path} is unreadable", "delete it and run without --resume"):
-            state = torch.load(path, map_location=self.device, weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
             raise CompressError(f"{path} is not a compress resume state; delete it and run without --resume")
         saved, now = state.get("config"), self._config_dict()
@@ -210,33 +283,24 @@ class Fit:
                 f"cannot resume: settings differ from the interrupted run ({', '.join(changed)}); "
                 f"use the same settings, or delete {path} to start afresh"
             )
-        # a damaged or edited state fails in many ways (a missing key, a tensor of another shape)
-        with foreign_errors(
-            f"resume state {path} does not fit this run", "delete it and run without --resume", typed=True
-        ):
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.schedule.load_state_dict(state["schedule"])
-            self.objective.load_state_dict(state["objective"])
-            self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val"], state["best_epoch"]
-            self.best_state, self.history = state["best_state"], state["history"]
-            torch.set_rng_state(state["torch_rng"].cpu())
-            if not (isinstance(self.epoch, int) and 0 <= self.epoch <= self.config.epochs):
-                raise ValueError(f"epoch {self.epoch!r} is not one of this run's {self.config.epochs}")
-        log(f"resuming {self.config.out} after epoch {self.epoch}/{self.config.epochs}")
+        return state
+
+    def _check_nothing_pending(self) -> None:
+        pending = resume_path(self.config.out)
+        if pending.exists():
+            raise CompressError(
+                f"an interrupted run of {self.config.out} exists ({pending}); "
+                "pass --resume to continue it, or delete that file to start afresh"
+            )
 
     # -- training --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Train, keep the best-on-validation weights, write the checkpoint; returns its manifest."""
         torch.manual_seed(self.config.seed)
-        pending = resume_path(self.config.out)
         if self.config.resume:
             self.load_resume_state()
-        elif pending.exists():
-            raise CompressError(
-                f"an interrupted run of {self.config.out} exists ({pending}); "
-                "pass --resume to continue it, or delete that file to start afresh"
-            )
+        else:
+            self.world.main_does(self._check_nothing_pending)
         started = time.perf_counter()
         self.objective.prepare(self.x_train)
         preparation = time.perf_counter() - started
@@ -246,21 +310,24 @@ class Fit:
         # Epochs run before an interruption count too: their times are in the history.
         train_time = preparation + sum(record["seconds"] for record in self.history)
         manifest = self._write_artifact(train_time)
-        pending.unlink(missing_ok=True)
         self.objective.finish()
         return manifest
 
     def _train_one_epoch(self) -> None:
-        config, epoch_started = self.config, time.perf_counter()
-        # Shuffling and augmentation depend only on (seed, epoch): a resumed run sees the same batches.
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + self.epoch)
-        order = torch.randperm(len(self.x_train), generator=generator).to(self.device)
+        config, world, epoch_started = self.config, self.world, time.perf_counter()
+        # Shuffling and augmentation depend only on (seed, epoch, rank): a resumed run sees the same batches.
+        self.sampler.set_epoch(self.epoch)
+        order = torch.tensor(list(self.sampler), dtype=torch.long)
+        # The sampler repeats a few samples so that every rank gets as many: each is counted once in the metrics.
+        counted = (world.rank + torch.arange(len(order)) * world.size) < len(self.x_train)
+        generator = torch.Generator().manual_seed((config.seed * 100_003 + self.epoch) * world.size + world.rank)
         self.model.train()
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = step_bar(self.steps_per_epoch, f"epoch {self.epoch + 1}/{config.epochs}")
+        bar = step_bar(self.steps_per_epoch, f"epoch {self.epoch + 1}/{config.epochs}", shown=world.main)
         for step in range(self.steps_per_epoch):
-            indices = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x, y = self.x_train[indices], self.y_train[indices]
+            batch = slice(step * self.batch_per_process, (step + 1) * self.batch_per_process)
+            indices = order[batch]
+            x, y = self._batch(indices)
             if self.max_shift:
                 x = random_shift(x, self.max_shift, self.fill, generator)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
@@ -276,15 +343,18 @@ class Fit:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(self.objective.parameters(), world)
             self.optimizer.step()
             self.schedule.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
+            real = counted[batch].to(self.device)
+            loss_sum += loss.item() * int(real.sum())
+            correct += ((logits.argmax(1) == y) & real).sum().item()
+            seen += int(real.sum())
             bar.update()
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}%", refresh=False)
         bar.close()
-        val = accuracy(self.model, self.x_val, self.y_val)
+        loss_sum, correct, seen = world.sum([loss_sum, correct, seen])
+        val = accuracy(self.module, self.x_val, self.y_val, world=world, device=self.device)
         self.epoch += 1
         record = {
             "epoch": self.epoch,
@@ -298,7 +368,7 @@ class Fit:
         # Without a validation split the last epoch counts as the best.
         if math.isnan(val) or val > self.best_val:
             self.best_val, self.best_epoch = val, self.epoch
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
         val_text = "n/a" if math.isnan(val) else f"{100 * val:.2f}%"
         log(
             f"epoch {self.epoch}/{config.epochs}  loss {record['loss']:.4f}  "
@@ -306,30 +376,46 @@ class Fit:
             f"{record['seconds']:.1f}s"
         )
 
+    def _batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._take(self.x_train, indices), self._take(self.y_train, indices)
+
+    def _take(self, split: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        if split.device == self.device:
+            return split[indices.to(self.device)]
+        # in pinned host memory: gathered into a pinned batch, copied while the GPU works
+        return split[indices].pin_memory().to(self.device, non_blocking=True)
+
     def _write_artifact(self, train_time: float) -> dict[str, Any]:
+        """Every rank measures its share of the test split; rank 0 writes the checkpoint and manifest
+        and every rank returns them."""
+        dataset = self.dataset
+        self.module.load_state_dict(self.best_state)
+        x_test, y_test = self._placed(dataset.x_test), self._placed(dataset.y_test)
+        test_accuracy = accuracy(self.module, x_test, y_test, world=self.world, device=self.device)
+        objective_metrics = self.objective.metrics()
+        return self.world.main_does(lambda: self._save(train_time, test_accuracy, objective_metrics))
+
+    def _save(self, train_time: float, test_accuracy: float, objective_metrics: dict[str, Any]) -> dict[str, Any]:
         config, dataset = self.config, self.dataset
-        self.model.load_state_dict(self.best_state)
-        x_test = torch.from_numpy(dataset.x_test).to(self.device)
-        y_test = torch.from_numpy(dataset.y_test).to(self.device)
-        test_accuracy = accuracy(self.model, x_test, y_test)
-        params = count_params(self.model)
+        params = count_params(self.module)
         spec = canonical_spec(config.model)
         checkpoint = {
             "model_spec": spec,
             "model_args": config.model_args,
             "in_shape": list(dataset.in_shape),
             "num_classes": dataset.num_classes,
-            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "state_dict": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
         }
         manifest = new_manifest(config.out, self.stage, self._config_dict())
         manifest["inputs"] = [input_record(role, path) for role, path in self.objective.inputs()]
+        epoch_seconds = sum(r["seconds"] for r in self.history)
         manifest.update(
             {
                 "model": {
                     "spec": spec,
                     "args": config.model_args,
                     "params": params,
-                    "macs": count_macs(self.model, dataset.in_shape),
+                    "macs": count_macs(self.module, dataset.in_shape),
                 },
                 "input_spec": {
                     "name": "input",
@@ -341,21 +427,38 @@ class Fit:
                 "preprocessing": dataset.preprocessing.to_dict(),
                 "labels": dataset.labels,
                 "data": dataset.describe(),
+                "training": {
+                    "device": self.device.type,
+                    **self.world.describe(config.batch_size),
+                    "autocast": "bfloat16" if self.autocast else None,
+                },
                 "metrics": {
                     "test_accuracy": test_accuracy,
-                    "test_errors": int(round((1 - test_accuracy) * len(y_test))),
+                    "test_errors": int(round((1 - test_accuracy) * len(dataset.y_test))),
                     "val_accuracy": None if math.isnan(self.best_val) else self.best_val,
                     "best_epoch": self.best_epoch,
                     "params": params,
                     "train_time_s": round(train_time, 3),
-                    # training throughput of the epochs alone (one-time preparation excluded)
-                    "train_samples_per_s": round(
-                        len(self.x_train) * len(self.history) / sum(r["seconds"] for r in self.history), 1
-                    ),
+                    # training throughput of the epochs alone (one-time preparation excluded), all processes
+                    "train_samples_per_s": round(len(self.x_train) * len(self.history) / epoch_seconds, 1),
                     "history": self.history,
-                    **self.objective.metrics(),
+                    **objective_metrics,
                 },
             }
         )
         save_checkpoint(config.out, checkpoint, manifest)
+        resume_path(config.out).unlink(missing_ok=True)
         return manifest
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)

@@ -179,6 +179,17 @@ class PruningRecord(_Open):
     note: str | None = None
 
 
+class TrainingRecord(_Record):
+    """Train, distill and prune: where the training ran (``distributed.World.describe``)."""
+
+    device: str
+    world_size: Dim
+    backend: str | None
+    global_batch: Dim
+    batch_per_process: Dim
+    autocast: str | None
+
+
 class Manifest(_Record):
     """A whole manifest. Keys every stage writes are required (nullable where a stage may not
     know them, e.g. quantizing an ONNX model that came without a manifest); the stage sections
@@ -202,6 +213,7 @@ class Manifest(_Record):
     parity: ParityRecord | None = None
     quantization: dict[str, Any] | None = None
     pruning: PruningRecord | None = None
+    training: TrainingRecord | None = None
     metrics: Metrics
     sha256: Sha256
     size_bytes: Count

@@ -316,6 +316,10 @@ def run(plan: Plan, force: set[str] = frozenset()) -> dict[str, Any]:
     """
     from filelock import FileLock, Timeout
 
+    from .launch import refuse_if_launched
+
+    refuse_if_launched("run")
+
     check_force(plan, force)
     plan.recipe.out.mkdir(parents=True, exist_ok=True)
     # one run at a time per folder: two would overwrite each other's artifacts and run.json; the

@@ -13,6 +13,7 @@ from .artifacts import load_checkpoint
 from .data import Dataset
 from .distillation.objective import DistillObjective
 from .distillation.teachers import Teacher
+from .distributed import World
 from .errors import CompressError, first_line, foreign_errors
 from .loop import Fit
 from .modelspec import count_macs, count_params, model_from_checkpoint
@@ -123,18 +124,19 @@ def prune_unstructured(model: nn.Module, amount: float) -> float:
 
 
 def recover(
-    model: nn.Module, config: PruneConfig, out: Path, device: torch.device, teacher: Teacher, dataset: Dataset
+    model: nn.Module, config: PruneConfig, out: Path, world: World, teacher: Teacher, dataset: Dataset
 ) -> nn.Module:
-    """Fine-tune the pruned model as a distillation student; writes a checkpoint at ``out``."""
+    """Fine-tune the pruned model as a distillation student; writes a checkpoint at ``out`` (rank 0 writes
+    it, and hands what it wrote to the other processes of a distributed run)."""
     step_config = config.model_copy(update={"out": str(out), "resume": False})
     if config.unstructured:
         masks = {name: (m.weight != 0) for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
     torch.manual_seed(config.seed)
-    objective = DistillObjective(step_config, teacher, model, dataset, device)
-    fit = Fit(step_config, "prune", dataset, model, objective, device)
+    objective = DistillObjective(step_config, teacher, model, dataset, world)
+    fit = Fit(step_config, "prune", dataset, model, objective, world)
     if config.unstructured:  # keep the zeros at zero while fine-tuning
         modules = dict(model.named_modules())
         for name, mask in masks.items():
-            modules[name].weight.register_hook(lambda grad, mask=mask.to(device): grad * mask)
+            modules[name].weight.register_hook(lambda grad, mask=mask.to(world.device): grad * mask)
     fit.run()
-    return model_from_checkpoint(load_checkpoint(out), out, (config.model,))
+    return model_from_checkpoint(world.main_does(lambda: load_checkpoint(out)), out, (config.model,))

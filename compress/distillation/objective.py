@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..artifacts import cached_sha256
 from ..data import Dataset, Preprocessing, load_dataset
+from ..distributed import World, unwrap
 from ..errors import CompressError, foreign_errors
 from ..loop import accuracy
 from ..modelspec import count_macs, count_params
@@ -55,16 +56,17 @@ class DistillObjective:
     """Soft targets from the teacher, mixed with the labels, plus optional FitNets hints."""
 
     def __init__(
-        self, config: DistillConfig, teacher: Teacher, student: torch.nn.Module, dataset: Dataset, device: torch.device
+        self, config: DistillConfig, teacher: Teacher, student: torch.nn.Module, dataset: Dataset, world: World
     ):
-        self.config, self.teacher, self.dataset, self.device = config, teacher, dataset, device
+        self.config, self.teacher, self.dataset, self.world = config, teacher, dataset, world
+        self.device = world.device
         self.hints = config.hint_pairs
         self.teacher_layers = tuple(t for t, _ in self.hints)
         self.student_layers = tuple(s for _, s in self.hints)
         self.projections = torch.nn.ModuleList()
         if self.hints:
             self._build_projections(student)
-        self.projections.to(device)
+        self.projections.to(self.device)
         self.cache: TeacherOutputs | None = None
         self.cache_mode = "off"
         self.cache_seconds = 0.0
@@ -93,11 +95,17 @@ class DistillObjective:
             )
 
     def prepare(self, x_train: torch.Tensor) -> None:
-        x_test = torch.from_numpy(self.dataset.x_test).to(self.device)
-        y_test = torch.from_numpy(self.dataset.y_test).to(self.device)
-        self.teacher_test_accuracy = accuracy(lambda x: self.teacher(x)[0], x_test, y_test)
+        x_test, y_test = torch.from_numpy(self.dataset.x_test), torch.from_numpy(self.dataset.y_test)
+        self.teacher_test_accuracy = accuracy(
+            lambda x: self.teacher(x)[0], x_test, y_test, world=self.world, device=self.device
+        )
         # random augmentation changes the inputs every epoch: nothing to reuse
         mode = "off" if self.config.augment != "none" else self.config.teacher_cache
+        if mode == "disk" and self.world.distributed:
+            raise CompressError(
+                "--teacher-cache disk is for one process; across processes each keeps the teacher's outputs in "
+                "memory: use --teacher-cache memory, auto or off"
+            )
         if mode == "off":
             return
         started = time.perf_counter()
@@ -109,7 +117,11 @@ class DistillObjective:
             cache_dir=self._cache_dir(),
             cache_key=self._cache_key,
             batch_size=self.config.batch_size,
+            world=self.world,
         )
+        if self.cache is None:
+            log("teacher outputs are too large to keep in each process's memory: the teacher runs every step")
+            return
         self.cache_mode = "disk" if self.cache.cache_dir else "memory"
         self.cache_seconds = time.perf_counter() - started
         log(f"teacher outputs cached in {self.cache_mode} ({self.cache_seconds:.1f}s)")
@@ -136,8 +148,8 @@ class DistillObjective:
         else:
             teacher_logits, teacher_features = self.teacher(x, self.teacher_layers)
         student_features: dict[str, torch.Tensor] = {}
-        with capture_outputs(model, self.student_layers, student_features):
-            logits = model(x)
+        with capture_outputs(unwrap(model), self.student_layers, student_features):
+            logits = model(x)  # through the DistributedDataParallel wrapper, if any: it syncs the gradients
         loss = distillation_loss(
             logits,
             teacher_logits,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..artifacts import load_checkpoint, model_file_kind, read_manifest
+from ..distributed import SINGLE, World
 from ..errors import CompressError, foreign_errors
 from ..modelspec import count_macs, count_params, model_from_checkpoint
 from ..onnx_io import OnnxClassifier, open_session
@@ -59,11 +60,16 @@ class Teacher:
     def supports_hints(self) -> bool:
         return self.kind == "checkpoint"
 
-    @torch.no_grad()
     def __call__(
         self, x: torch.Tensor, hint_layers: tuple[str, ...] = ()
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits for ``x`` and the outputs of ``hint_layers``, all float32 on ``x.device``."""
+        with torch.inference_mode():
+            logits, features = self._infer(x, hint_layers)
+        # inference-mode tensors cannot be saved for the student's backward pass: plain copies leave the block
+        return logits.clone(), {name: value.clone() for name, value in features.items()}
+
+    def _infer(self, x: torch.Tensor, hint_layers: tuple[str, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.onnx_session is not None:
             return self._as_logits(self._run_onnx(x)), {}
         features: dict[str, torch.Tensor] = {}
@@ -216,12 +222,14 @@ def _load_onnx_teacher(path: Path, manifest: dict | None, device: torch.device) 
 class TeacherOutputs:
     """What the teacher says about the training set, computed once, read by sample index.
 
-    Kept in memory, or in ``.npy`` files memory-mapped from ``cache_dir`` when large. Files are
-    written under a temporary name and renamed when complete, so an interrupted run reuses only
-    finished caches.
+    Kept in memory (on the GPU when training there and it takes at most a quarter of the free
+    memory), or in ``.npy`` files memory-mapped from ``cache_dir`` when large. Files are written
+    under a temporary name and renamed when complete, so an interrupted run reuses only finished
+    caches. Across several processes each computes its block of the samples and every process
+    gets the whole (``World.gather_rows``).
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], cache_dir: Path | None):
+    def __init__(self, arrays: dict[str, np.ndarray | torch.Tensor], cache_dir: Path | None):
         self.arrays = arrays
         self.cache_dir = cache_dir
 
@@ -235,40 +243,54 @@ class TeacherOutputs:
         cache_dir: Path,
         cache_key: Callable[[], str],
         batch_size: int,
-    ) -> TeacherOutputs:
+        world: World = SINGLE,
+    ) -> TeacherOutputs | None:
+        """The cache; None when ``mode`` is auto and the outputs are too large for the memory of each of
+        several processes (the disk cache is for one process)."""
         probe_logits, probe_features = teacher(x_train[:2], hint_layers)
         shapes = {"logits": probe_logits.shape[1:], **{n: f.shape[1:] for n, f in probe_features.items()}}
         total = sum(int(np.prod(s)) for s in shapes.values()) * 4 * len(x_train)
         if mode == "auto":
-            mode = "memory" if total <= MEMORY_CACHE_LIMIT_BYTES else "disk"
-        directory = cache_dir / cache_key() if mode == "disk" else None
-        if directory is not None and (directory / "complete").exists():
+            if total <= MEMORY_CACHE_LIMIT_BYTES:
+                mode = "memory"
+            elif world.distributed:
+                return None
+            else:
+                mode = "disk"
+        if mode == "memory":
+            block = world.block(len(x_train))
+            arrays = {n: torch.empty((block.stop - block.start, *s)) for n, s in shapes.items()}
+            for start, outputs in _teacher_batches(teacher, x_train, hint_layers, block, batch_size):
+                for name, value in outputs.items():
+                    arrays[name][start - block.start : start - block.start + len(value)] = value.cpu()
+            arrays = {n: world.gather_rows(a, len(x_train)).cpu() for n, a in arrays.items()}
+            if world.device.type == "cuda" and total <= torch.cuda.mem_get_info(world.device)[0] / 4:
+                arrays = {n: a.to(world.device) for n, a in arrays.items()}
+            return cls(arrays, None)
+        directory = cache_dir / cache_key()
+        if (directory / "complete").exists():
             return cls({n: np.load(directory / f"{i}.npy", mmap_mode="r") for i, n in enumerate(shapes)}, cache_dir)
-        if directory is not None:
-            shutil.rmtree(directory, ignore_errors=True)
-            directory.mkdir(parents=True)
-            arrays = {
-                n: np.lib.format.open_memmap(
-                    directory / f"{i}.npy", mode="w+", dtype=np.float32, shape=(len(x_train), *s)
-                )
-                for i, (n, s) in enumerate(shapes.items())
-            }
-        else:
-            arrays = {n: np.empty((len(x_train), *s), np.float32) for n, s in shapes.items()}
-        for start in range(0, len(x_train), batch_size):
-            logits, features = teacher(x_train[start : start + batch_size], hint_layers)
-            arrays["logits"][start : start + len(logits)] = logits.cpu().numpy()
-            for name, value in features.items():
-                arrays[name][start : start + len(value)] = value.cpu().numpy()
-        if directory is not None:
-            for array in arrays.values():
-                array.flush()
-            (directory / "complete").touch()
-        return cls(arrays, cache_dir if directory is not None else None)
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        files = {
+            n: np.lib.format.open_memmap(directory / f"{i}.npy", mode="w+", dtype=np.float32, shape=(len(x_train), *s))
+            for i, (n, s) in enumerate(shapes.items())
+        }
+        for start, outputs in _teacher_batches(teacher, x_train, hint_layers, slice(0, len(x_train)), batch_size):
+            for name, value in outputs.items():
+                files[name][start : start + len(value)] = value.cpu().numpy()
+        for array in files.values():
+            array.flush()
+        (directory / "complete").touch()
+        return cls(files, cache_dir)
 
     def lookup(self, indices: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        idx = indices.cpu().numpy()
-        taken = {n: torch.from_numpy(np.ascontiguousarray(a[idx])).to(device) for n, a in self.arrays.items()}
+        taken = {}
+        for name, array in self.arrays.items():
+            if isinstance(array, torch.Tensor):
+                taken[name] = array[indices.to(array.device)].to(device, non_blocking=True)
+            else:
+                taken[name] = torch.from_numpy(np.ascontiguousarray(array[indices.cpu().numpy()])).to(device)
         return taken.pop("logits"), taken
 
     def remove_files(self) -> None:
@@ -276,3 +298,12 @@ class TeacherOutputs:
         if self.cache_dir is not None:
             self.arrays.clear()
             shutil.rmtree(self.cache_dir, ignore_errors=True)
+
+
+def _teacher_batches(
+    teacher: Teacher, x: torch.Tensor, hint_layers: tuple[str, ...], span: slice, batch_size: int
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """(first sample, {"logits": ..., hint layer: ...}) for the samples of ``span``, batch by batch."""
+    for start in range(span.start, span.stop, batch_size):
+        logits, features = teacher(x[start : min(start + batch_size, span.stop)], hint_layers)
+        yield start, {"logits": logits, **features}

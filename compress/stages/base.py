@@ -68,10 +68,15 @@ class Stage:
     shortcuts: tuple[Shortcut, ...] = ()
     folders: tuple[str, ...] = ()  # the fields of ``writes`` that name a folder, not a file
     preflight: Callable[[Any], None] | None = None  # checks of the machine, before any stage of a run starts
+    distributed: bool = False  # trains in parallel when torchrun starts several processes
 
     def check(self, config: StageConfig) -> None:
         """What can be known before running: the outputs are writable and distinct from the inputs
         (``artifacts.check_outputs``), the machine has what the stage needs (``preflight``)."""
+        if not self.distributed:
+            from ..launch import refuse_if_launched
+
+            refuse_if_launched(self.name)
         outputs = paths_of(config, self.writes)
         check_outputs(outputs, paths_of(config, self.reads), self.folders)
         if self.resumable and resume_path(outputs["out"]).is_dir():

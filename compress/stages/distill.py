@@ -94,16 +94,16 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     import torch
 
     from ..distillation.objective import DistillObjective, load_matching_teacher, warn_if_student_larger
-    from ..loop import Fit, resolve_device
+    from ..loop import Fit, place
     from ..modelspec import build_model
 
-    device = resolve_device(config.device)
-    teacher, dataset = load_matching_teacher(config, device)
+    world = place(config.device)
+    teacher, dataset = load_matching_teacher(config, world.device)
     torch.manual_seed(config.seed)
     student = build_model(config.model, dataset.in_shape, dataset.num_classes, config.model_args)
     warn_if_student_larger(teacher, student, dataset.in_shape)
-    objective = DistillObjective(config, teacher, student, dataset, device)
-    return Fit(config, "distill", dataset, student, objective, device).run()
+    objective = DistillObjective(config, teacher, student, dataset, world)
+    return Fit(config, "distill", dataset, student, objective, world).run()
 
 
 def list_layers(model: str, options: dict[str, Any]) -> list[str]:
@@ -143,6 +143,7 @@ STAGE = Stage(
     summary=fit_summary,
     reads=("teacher",),
     resumable=True,
+    distributed=True,
     shortcuts=(
         Shortcut(
             "--list-layers",

@@ -12,11 +12,13 @@ since ONNX Runtime on CPU does not run sparse weights faster.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -25,6 +27,9 @@ from ..errors import CompressError
 from .base import Cli, Stage
 from .distill import DistillConfig
 from .train import DATA_HELP, MAX_EPOCHS
+
+if TYPE_CHECKING:
+    from ..distributed import World
 
 TARGET_STEP = 0.2  # fraction of the remaining channels removed per step when a target is set
 log = logging.getLogger(__name__).info
@@ -87,7 +92,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
 
     from ..data import Preprocessing, load_dataset
     from ..distillation.objective import load_matching_teacher
-    from ..loop import accuracy, resolve_device
+    from ..loop import accuracy, place
     from ..modelspec import model_from_checkpoint
     from ..pruning import make_pruner, prune_step, prune_unstructured, recover, size_of, target_reached, widths_of
 
@@ -105,7 +110,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
             "data": data,
         }
     )
-    device = resolve_device(config.device)
+    world = place(config.device)
     preprocessing = source_manifest.get("preprocessing")
     dataset = load_dataset(
         config.data,
@@ -120,7 +125,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
             f"gives {list(dataset.in_shape)}; prune with the data it was trained on"
         )
     # loaded once for every recovery step; the data carries the teacher's preprocessing
-    teacher, recovery_data = load_matching_teacher(config, device)
+    teacher, recovery_data = load_matching_teacher(config, world.device)
     example = torch.from_numpy(dataset.x_train[:2])
     x_test, y_test = torch.from_numpy(dataset.x_test), torch.from_numpy(dataset.y_test)
     before = {**size_of(model, example), "test_accuracy": accuracy(model, x_test, y_test)}
@@ -128,7 +133,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
 
     out = Path(config.out)
     steps = []
-    with staging_dir(out) as staging:
+    with _staging(out, world) as staging:
         if config.unstructured:
             sparsity = prune_unstructured(model, config.amount)
             steps.append(
@@ -138,7 +143,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
                     "test_accuracy_pruned": accuracy(model, x_test, y_test),
                 }
             )
-            model = recover(model, config, staging / "step1.pt", device, teacher, recovery_data)
+            model = recover(model, config, staging / "step1.pt", world, teacher, recovery_data)
             steps[-1]["test_accuracy_recovered"] = accuracy(model.cpu(), x_test, y_test)
         else:
             ratio = config.amount if config.amount is not None else TARGET_STEP
@@ -160,18 +165,13 @@ def prune(config: PruneConfig) -> dict[str, Any]:
                     f"{100 * steps[-1]['test_accuracy_pruned']:.2f}% before recovery"
                 )
                 model = (
-                    recover(model, config, staging / f"step{len(steps)}.pt", device, teacher, recovery_data)
-                    .cpu()
-                    .eval()
+                    recover(model, config, staging / f"step{len(steps)}.pt", world, teacher, recovery_data).cpu().eval()
                 )
                 steps[-1]["test_accuracy_recovered"] = accuracy(model, x_test, y_test)
                 if target_reached(config, before, size):
                     break
         final = staging / f"step{len(steps)}.pt"
-        manifest = json.loads(manifest_path(final).read_text())
-        manifest.update(artifact=out.name, stage="prune", config=config.model_dump(mode="json"))
-        manifest["inputs"].insert(0, input_record("checkpoint", config.checkpoint))
-        manifest["pruning"] = {
+        pruning = {
             "method": "unstructured magnitude"
             if config.unstructured
             else f"structured, {config.importance} importance",
@@ -187,9 +187,29 @@ def prune(config: PruneConfig) -> dict[str, Any]:
                 else None
             ),
         }
-        write_manifest(final, manifest)
-        os.replace(final, out)  # the checkpoint first: its manifest names its hash
-        os.replace(manifest_path(final), manifest_path(out))
+        return world.main_does(lambda: _publish(final, out, config, pruning))
+
+
+@contextlib.contextmanager
+def _staging(out: Path, world: World) -> Iterator[Path]:
+    """The folder the pruning steps are written to: rank 0's, named on every rank (only rank 0 writes)."""
+    if not world.main:
+        yield Path(world.from_main(None))
+        return
+    with staging_dir(out) as staging:
+        world.from_main(str(staging))
+        yield staging
+
+
+def _publish(final: Path, out: Path, config: PruneConfig, pruning: dict[str, Any]) -> dict[str, Any]:
+    """The last step's checkpoint under its final name, its manifest telling the whole pruning."""
+    manifest = json.loads(manifest_path(final).read_text())
+    manifest.update(artifact=out.name, stage="prune", config=config.model_dump(mode="json"))
+    manifest["inputs"].insert(0, input_record("checkpoint", config.checkpoint))
+    manifest["pruning"] = pruning
+    write_manifest(final, manifest)
+    os.replace(final, out)  # the checkpoint first: its manifest names its hash
+    os.replace(manifest_path(final), manifest_path(out))
     return manifest
 
 
@@ -212,6 +232,7 @@ STAGE = Stage(
     run=prune,
     summary=summary,
     reads=("checkpoint", "teacher"),
+    distributed=True,
     help="""Remove channels for real (Torch-Pruning), then recover accuracy by distillation.
 
     \b

@@ -77,14 +77,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
     import torch
 
     from ..data import load_dataset
-    from ..loop import Fit, LabelObjective, resolve_device
+    from ..loop import Fit, LabelObjective, place
     from ..modelspec import build_model
 
-    device = resolve_device(config.device)
+    world = place(config.device)
     dataset = load_dataset(config.data, config.val_fraction, config.split_seed)
     torch.manual_seed(config.seed)
     model = build_model(config.model, dataset.in_shape, dataset.num_classes, config.model_args)
-    return Fit(config, "train", dataset, model, LabelObjective(config.label_smoothing), device).run()
+    return Fit(config, "train", dataset, model, LabelObjective(config.label_smoothing), world).run()
 
 
 def fit_summary(manifest: dict[str, Any]) -> list[str]:
@@ -107,6 +107,7 @@ STAGE = Stage(
     run=train,
     summary=fit_summary,
     resumable=True,
+    distributed=True,
     help="""Train a model (a teacher) on labelled data.
 
     Keeps the weights that did best on the validation split and writes them with a manifest.
