@@ -6,6 +6,8 @@ The recipe (``recipe.py``) gives each stage's settings; this module gives each s
         └─distill─▶ student.pt ─export─▶ student.onnx ─quantize─▶ student.int8.onnx ─bench─▶ report/
                         └─prune─▶ student.pruned.pt ─export─▶ student.pruned.onnx (then quantized)
 
+(``student.fp16.onnx`` instead of ``student.int8.onnx`` when the recipe's quantize table says mode = "fp16".)
+
 ``run.json`` in the run folder records every stage: its settings, the sha256 of every file it
 read, the sha256 of every file it wrote, its status and times. A stage is skipped when its
 settings and inputs are what they were when it last finished and its outputs are still the
@@ -148,9 +150,10 @@ def build_plan(recipe: Recipe) -> Plan:
         add("export-pruned", "export", checkpoint=str(pruned), out=str(final), **student_code)
         variants.append(("student pruned", final))
     if recipe.has("quantize"):
-        int8 = final.with_name(final.stem + ".int8.onnx")
-        add("quantize", "quantize", model=str(final), out=str(int8))
-        variants.append((("student pruned" if final != student_onnx else "student") + " int8", int8))
+        precision = "fp16" if recipe.tables["quantize"].get("mode") == "fp16" else "int8"
+        quantized = final.with_name(f"{final.stem}.{precision}.onnx")
+        add("quantize", "quantize", model=str(final), out=str(quantized))
+        variants.append((f"{'student pruned' if final != student_onnx else 'student'} {precision}", quantized))
     models = [str(path) for _, path in variants]
     # a teacher without a manifest names neither its data nor its preprocessing: the recipe does
     foreign = {"data": data, "preprocessing": recipe.teacher_preprocessing} if recipe.teacher_preprocessing else {}

@@ -1,4 +1,5 @@
-"""``compress quantize``: int8 through onnxruntime.quantization, checked for accuracy and for speed.
+"""``compress quantize``: int8 through onnxruntime.quantization (or fp16 for GPU providers), checked for
+accuracy and for speed.
 
 The quantization itself is ONNX Runtime's (``quant_pre_process``, ``quantize_static``,
 ``quantize_dynamic``), or NNCF's (``--backend nncf``). Models of any signature: the samples come from
@@ -13,6 +14,12 @@ The quantization itself is ONNX Runtime's (``quant_pre_process``, ``quantize_sta
 * ``search``: every sensible setting quantized, its accuracy measured and its latency timed in
   rounds alternating with fp32, the one with the best speed-up within budget kept;
 * an honest timing of fp32 against int8 afterwards, with the likely cause when int8 is not faster.
+
+``mode="fp16"`` converts the float tensors to float16 with ``onnxruntime.transformers.float16`` instead
+(inputs and outputs stay float32): for GPU providers (CUDA/TensorRT). It is judged and narrowed the same
+way (compute ops only, then nodes kept in float32 by the converter's node block list) and checked to load
+in the CPU provider. Both judging and timing run there: the CPU provider computes most fp16 nodes in fp32
+(so the judgement measures the weights' rounding) and is usually no faster in fp16; the summary says so.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from ..feeds import Samples, parse_ranges, parse_shapes
 from ..hardware import CpuInfo, cpu_info
 from ..measure.fidelity import classifier_accuracy, compare_all, compare_outputs, loss_measure
 from ..measure.latency import compare
-from ..onnx_io import OnnxModel, load_any, model_info, open_session, quiet
+from ..onnx_io import OnnxModel, load_any, model_info, open_session, quiet, session_options
 from .base import RANGES_HELP, SHAPES_HELP, Cli, InputRanges, InputShapes, Stage, StageConfig, output_suffix
 from .export import EXTERNAL_DATA_THRESHOLD_BYTES
 from .train import DATA_HELP, MAX_BATCH, MAX_SAMPLES, MAX_SEED, MAX_THREADS
@@ -61,11 +68,39 @@ DEFAULT_BUDGET_POINTS = 1.0
 SENSITIVITY_SAMPLES = 128  # held-out samples that rank the nodes by quantization error (one pass per node)
 SYNTHETIC_SAMPLES = 1000  # inputs drawn from the signature when there is no data (one is 0.1 points)
 NOT_FASTER_RATIO = 1.05  # int8 below this speed-up counts as "not faster"
+# Settings of how int8 is made, refused with mode fp16.
+INT8_ONLY = (
+    "format",
+    "activation_type",
+    "weight_type",
+    "per_channel",
+    "calibration",
+    "calibration_samples",
+    "preprocess",
+    "search",
+    "backend",
+    "nncf_preset",
+)
+FP16_ON_CPU = (
+    "fp16 is for GPU providers (CUDA/TensorRT), whose fp16 kernels usually run it faster, in half the memory; on the "
+    "CPU provider it is usually no faster and often slower (ONNX Runtime casts to fp32 around the ops it has no fp16 "
+    "kernels for), so a slower CPU timing is expected, not a fault: time it on a GPU with compress bench FP32_MODEL "
+    "FP16_MODEL --providers cuda"
+)
+FP16_JUDGED_ON_CPU = (
+    "judged on the CPU provider, which computes most fp16 nodes in fp32 (ONNX Runtime drops the casts around them): "
+    "this measures the rounding of the weights to fp16, not fp16 arithmetic; a GPU computes in fp16, so compare there "
+    "too (compress bench FP32_MODEL FP16_MODEL --providers cuda)"
+)
+# How the messages of a model over budget say it for fp16: narrowed to, kept in, and why outputs are non-finite.
+FP16_WORDS = ("in fp16", "float32", "; fp16 holds values up to 65504 only, so larger activations overflow")
 
 
 class QuantizeConfig(StageConfig):
     model: Annotated[str, Cli(argument=True)] = Field(description="The fp32 ONNX model to quantize.")
-    out: str = Field(description="int8 ONNX model to write (.onnx); its manifest goes beside it (.onnx.json).")
+    out: str = Field(
+        description="Quantized (int8 or fp16) ONNX model to write (.onnx); its manifest goes beside it (.onnx.json)."
+    )
     data: str | None = Field(
         None, description=f"Calibration and validation data (default: the data in the model's manifest): {DATA_HELP}."
     )
@@ -73,8 +108,11 @@ class QuantizeConfig(StageConfig):
         None,
         description=f"For a model without a manifest: {PREPROCESSING_HELP}.",
     )
-    mode: Literal["static", "dynamic"] = Field(
-        "static", description="static: activation ranges calibrated on --data; dynamic: computed at run time."
+    mode: Literal["static", "dynamic", "fp16"] = Field(
+        "static",
+        description="static: int8, activation ranges calibrated on --data; dynamic: int8, ranges computed at run "
+        "time; fp16: float16 weights and activations (inputs and outputs stay float32) for GPU providers "
+        "(CUDA/TensorRT), usually no faster on the CPU provider.",
     )
     format: Literal["qdq", "qoperator"] = Field(
         "qdq", description="Static format: QuantizeLinear/DequantizeLinear pairs, or integer operators."
@@ -134,6 +172,20 @@ class QuantizeConfig(StageConfig):
         return self
 
     @model_validator(mode="after")
+    def _fp16_has_no_int8_settings(self) -> QuantizeConfig:
+        """fp16 converts every float tensor: how int8 is made (types, calibration, search, backend) does not apply."""
+        if self.mode != "fp16":
+            return self
+        for name in INT8_ONLY:
+            if name in self.model_fields_set:
+                raise ValueError(
+                    f"`{name}` applies to int8 only; `mode` fp16 converts the float tensors with onnxruntime's float16 "
+                    "converter (no types, calibration, preprocessing, search or backend to choose): drop it, or use "
+                    "`mode` static or dynamic"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _nncf_sets_its_own(self) -> QuantizeConfig:
         """NNCF chooses format, types and calibration itself: those of onnxruntime's settings do not apply."""
         if self.backend != "nncf":
@@ -165,8 +217,15 @@ class Settings:
     nncf_preset: str | None = None  # backend nncf: performance | mixed
 
     @property
+    def precision(self) -> str:
+        """What the quantized model computes in: fp16, or int8."""
+        return "fp16" if self.mode == "fp16" else "int8"
+
+    @property
     def label(self) -> str:
         only = f" ({'/'.join(self.op_types)} only)" if self.op_types else ""
+        if self.mode == "fp16":
+            return f"fp16{only}"
         if self.backend == "nncf":
             return f"NNCF {self.nncf_preset} QDQ{only}"
         if self.mode == "dynamic":
@@ -198,6 +257,16 @@ class Candidate:
 
 def choose_settings(config: QuantizeConfig, cpu: CpuInfo) -> Settings:
     """Fill in ``auto`` types for this CPU and say why (after ONNX Runtime's quantization guide)."""
+    if config.mode == "fp16":
+        return Settings(
+            mode="fp16",
+            format="fp16",
+            activation_type="fp16",
+            weight_type="fp16",
+            per_channel=False,
+            reduce_range=False,
+            calibration="none",
+        )
     if config.backend == "nncf":
         symmetric = config.nncf_preset == "performance"
         return Settings(
@@ -331,6 +400,8 @@ class Quantizer:
         self._count = 0
 
     def quantize(self, settings: Settings, exclude: list[str] = (), only: list[str] | None = None) -> Path:
+        if settings.mode == "fp16":
+            return self._convert_to_fp16(settings, exclude, only)
         if settings.backend == "nncf":
             return self._quantize_with_nncf(settings, exclude, only)
         from onnxruntime.quantization import (
@@ -397,6 +468,47 @@ class Quantizer:
         quantize_with_nncf(self.float_path, out, self.batches, settings.nncf_preset, exclude, settings.op_types)
         return out
 
+    def _convert_to_fp16(self, settings: Settings, exclude: list[str], only: list[str] | None) -> Path:
+        """float16 by onnxruntime's converter, inputs and outputs kept float32; the nodes left out (``exclude``,
+        those not in ``only``, those not of ``settings.op_types``) stay float32 through its node block list (their
+        weights and arithmetic: the converter still passes the tensors between nodes through fp16). Checked to load in the CPU provider, where ONNX Runtime casts around fp16 nodes it has no kernels for."""
+        import onnx
+        import onnxruntime as ort
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+        from onnxruntime.transformers.onnx_model import OnnxModel as TransformersModel
+
+        self._count += 1
+        out = self.workdir / f"candidate{self._count}.onnx"
+        model = onnx.load(str(self.float_path))  # the converter changes the model it is given: a fresh copy
+        blocked = set(exclude)
+        for node in model.graph.node:
+            if (only is not None and node.name not in only) or (
+                settings.op_types and node.op_type not in settings.op_types
+            ):
+                blocked.add(node.name)
+        try:
+            with quiet():
+                converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=sorted(blocked))
+                # the converter appends its casts at the end of the graph: in order again, as ONNX requires (the
+                # checker of every stage that reads the model refuses it otherwise)
+                TransformersModel.graph_topological_sort(converted.graph)
+                onnx.checker.check_model(converted)
+                onnx.save(converted, str(out))
+        except Exception as exc:  # the converter and onnx raise plain exceptions (a model over 2 GB in fp16 too)
+            raise CompressError(
+                f"onnxruntime's float16 converter failed on {Path(self.float_path).name} ({first_line(exc)}); "
+                "keep fp32, or quantize to int8 (--mode static or dynamic)"
+            ) from None
+        try:
+            with quiet():
+                ort.InferenceSession(str(out), session_options(), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own exception types
+            raise CompressError(
+                f"onnxruntime's CPU provider cannot load the fp16 model ({first_line(exc, 160)}); keep fp32, or "
+                "quantize to int8 (--mode static or dynamic)"
+            ) from None
+        return out
+
 
 def _with_split_names(nodes: list[str]) -> list[str]:
     """Node names as onnxruntime's quantizer matches them: dynamic quantization first splits a Gemm
@@ -415,6 +527,7 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
     data = _data(config, source, float_model)
     cpu = cpu_info()
     base = choose_settings(config, cpu)
+    precision = base.precision
     budget = DEFAULT_BUDGET_POINTS if config.max_accuracy_drop is None else config.max_accuracy_drop
     # real samples when there is data (zeros can take faster paths), repeated to fill the batch
     timing_input = data.test.batch(float_model.fixed_batch or config.batch_size)
@@ -422,18 +535,21 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
     judge = Judge(float_model, *_held_out(data))
     if data.kind == "synthetic":
         values = "; ".join(f"{i['name']}: {i['values']}" for i in data.inputs)
-        log(f"no data: int8 is judged against fp32 on {SYNTHETIC_SAMPLES} synthetic samples ({values})")
+        log(f"no data: {precision} is judged against fp32 on {SYNTHETIC_SAMPLES} synthetic samples ({values})")
     if judge.resolution > budget:
         logger.warning(
-            f"{len(judge.x)} {judge.split} samples judge int8: one of them is {judge.resolution:.2f} points, more "
-            f"than the budget of {budget}, so int8 must match fp32 on every one; give more data or a larger "
-            "--max-accuracy-drop"
+            f"{len(judge.x)} {judge.split} samples judge {precision}: one of them is {judge.resolution:.2f} points, "
+            f"more than the budget of {budget}, so {precision} must match fp32 on every one; give more data or a "
+            "larger --max-accuracy-drop"
         )
 
     out = Path(config.out)
     with staging_dir(out) as workdir:
-        float_path, preprocess_note = _preprocess(Path(config.model), workdir, config.preprocess)
-        calibration = _calibration_samples(data.train, config) if data.kind != "synthetic" else None
+        if precision == "fp16":  # the converter takes the model as exported, and nothing calibrates
+            float_path, preprocess_note, calibration = Path(config.model), "not run (fp16)", None
+        else:
+            float_path, preprocess_note = _preprocess(Path(config.model), workdir, config.preprocess)
+            calibration = _calibration_samples(data.train, config) if data.kind != "synthetic" else None
         quantizer = Quantizer(float_path, workdir, float_model, calibration, float_model.fixed_batch or 32)
 
         candidates: list[Candidate] = []
@@ -450,26 +566,27 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
         if chosen.loss > budget:
             chosen, sensitivity = _narrow(quantizer, chosen, judge, budget)
         over_budget = chosen.loss > budget
+        narrowed_to, float_, overflow = ("quantized", "float", "") if precision == "int8" else FP16_WORDS
         if not np.isfinite(chosen.loss):
             raise CompressError(
-                "int8 gives non-finite outputs (inf or NaN) where fp32 does not, however it is narrowed; nothing "
-                "written (not even with --allow-over-budget)"
+                f"{precision} gives non-finite outputs (inf or NaN) where fp32 does not, however it is narrowed; "
+                f"nothing written (not even with --allow-over-budget){overflow}"
             )
         if over_budget and not config.allow_over_budget:
             raise CompressError(
-                f"int8 misses the fidelity budget: {judge.describe(chosen)} with only Conv/MatMul/Gemm quantized "
-                f"and {len(chosen.excluded)} of them kept in float, budget {budget} points; nothing written — "
-                "raise --max-accuracy-drop, or pass --allow-over-budget to keep this model"
+                f"{precision} misses the fidelity budget: {judge.describe(chosen)} with only Conv/MatMul/Gemm "
+                f"{narrowed_to} and {len(chosen.excluded)} of them kept in {float_}, budget {budget} points; nothing "
+                "written — raise --max-accuracy-drop, or pass --allow-over-budget to keep this model"
             )
         if over_budget:
-            logger.warning(f"int8 is over the fidelity budget ({judge.describe(chosen)}); written as asked")
+            logger.warning(f"{precision} is over the fidelity budget ({judge.describe(chosen)}); written as asked")
 
         # a copy: the search figures of the chosen candidate stay as they were measured
         speed = _time_candidates(config.model, [replace(chosen)], timing_input, config)
-        warnings_ = _speed_warnings(chosen, speed, cpu)
+        warnings_ = _speed_warnings(chosen, speed, cpu) if precision == "int8" else []
         for warning in warnings_:
             logger.warning(warning)
-        coverage = _int8_coverage(chosen.path)
+        coverage = _int8_coverage(chosen.path) if precision == "int8" else _fp16_coverage(chosen.path)
         # The model and its manifest are made in the staging folder and moved into place last, once
         # every check passed: a failure anywhere leaves nothing under the output's name.
         staged = workdir / "out" / out.name
@@ -485,9 +602,10 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
             manifest["data"] = manifest["data"] or data.dataset.describe()
         manifest["quantization"] = {
             **chosen.settings.to_dict(),
+            "precision": precision,
             "excluded_nodes": chosen.excluded,
             "calibration_samples": 0 if calibration is None or chosen.settings.mode == "dynamic" else len(calibration),
-            "calibration_split": "train",
+            "calibration_split": "train" if calibration is not None else None,
             "preprocessed": preprocess_note,
             "cpu": cpu.describe(),
             "budget_points": budget,
@@ -500,7 +618,7 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
             "data": data.describe(),
             "synthetic_inputs": data.inputs,
         }
-        int8_info = model_info(staged)
+        quantized_info = model_info(staged)
         manifest["metrics"] = {
             "accuracy_split": judge.split if judge.y is not None else None,
             "float_accuracy": judge.float_accuracy,
@@ -510,20 +628,21 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
                 **chosen.fidelity,
                 "output": float_model.outputs[0].name,
                 "split": judge.split,
+                "provider": "cpu",
                 "measure": judge.measure,
                 "loss_points": chosen.loss,
                 "budget_points": budget,
                 "resolution_points": judge.resolution,
             },
             "float_size_bytes": model_info(config.model)["size_bytes"],
-            "size_bytes": int8_info["size_bytes"],
+            "size_bytes": quantized_info["size_bytes"],
             "latency": speed,
             "warnings": warnings_,
-            "recommendation": "keep fp32" if speed["speedup"] < NOT_FASTER_RATIO else "int8",
+            "recommendation": _recommendation(precision, speed),
         }
-        manifest["onnx"] = {"opset": int8_info["opset"], "nodes": int8_info["nodes"], "op_types": int8_info["op_types"]}
+        manifest["onnx"] = {key: quantized_info[key] for key in ("opset", "nodes", "op_types")}
         manifest["sha256"] = sha256_file(staged)
-        manifest["size_bytes"] = int8_info["size_bytes"]
+        manifest["size_bytes"] = quantized_info["size_bytes"]
         write_manifest(staged, manifest)
         os.replace(staged, out)  # the model first: its manifest names its hash
         os.replace(manifest_path(staged), manifest_path(out))
@@ -663,8 +782,9 @@ class Judge:
 
 
 def _data(config: QuantizeConfig, source: dict, model: OnnxModel) -> ModelData:
-    """The samples that calibrate and judge int8: ``--data`` or the manifest's data, else (dynamic mode
-    only: static mode calibrates activation ranges on real samples) synthetic inputs from the signature."""
+    """The samples that calibrate and judge int8 (or judge fp16): ``--data`` or the manifest's data, else
+    (dynamic and fp16 modes only: static mode calibrates activation ranges on real samples) synthetic inputs
+    from the signature."""
     data = load_model_data(
         config.model,
         model,
@@ -770,7 +890,8 @@ def _narrow(quantizer: Quantizer, chosen: Candidate, judge: Judge, budget: float
     """Over budget: quantize only the compute ops (Conv/MatMul/Gemm), then keep their most sensitive
     nodes in float one at a time; the first within budget is kept (the most int8 of those tried),
     else the most faithful. Returns it and the sensitivity ranking, if one was made."""
-    log(f"{chosen.settings.label}: {judge.describe(chosen)}, over the budget of {budget}; quantizing only compute ops")
+    verb = "quantizing" if chosen.settings.precision == "int8" else "converting"
+    log(f"{chosen.settings.label}: {judge.describe(chosen)}, over the budget of {budget}; {verb} only compute ops")
     compute = replace(chosen.settings, op_types=COMPUTE_OPS)
     narrowed = judge(Candidate(compute, quantizer.quantize(compute)))
     log(f"  {compute.label}: {judge.describe(narrowed)}")
@@ -853,7 +974,7 @@ def _named(nodes: list[str], shown: int = 3) -> str:
 def _time_candidates(
     float_model: str, candidates: list[Candidate], x: Samples, config: QuantizeConfig, rounds: int = 5
 ) -> dict[str, Any]:
-    """Time each candidate against fp32, pair by pair; fill its latency and speed-up.
+    """Time each candidate against fp32, pair by pair (on the CPU provider); fill its latency and speed-up.
 
     Only the pair's two sessions exist while it is timed: ONNX Runtime's idle worker threads
     spin for a while after each run, and other idle sessions would steal the cores. Returns the
@@ -861,19 +982,21 @@ def _time_candidates(
     """
     float_runner = OnnxModel(open_session(float_model, threads=config.threads), f"model {float_model}")
     for c in candidates:
-        int8_runner = OnnxModel(open_session(c.path, threads=config.threads), "the quantized model")
-        pair = {"fp32": float_runner, "int8": int8_runner}
+        precision = c.settings.precision
+        quantized = OnnxModel(open_session(c.path, threads=config.threads), f"the {precision} model")
+        pair = {"fp32": float_runner, precision: quantized}
         calls = {name: r.call(x) for name, r in pair.items()}
         result = compare(calls, baseline="fp32", batch_size=len(x), rounds=rounds, seconds_per_round=0.2)
-        c.latency = result.stats["int8"].to_dict()
-        c.speedup = result.speedup("int8")
+        c.latency = result.stats[precision].to_dict()
+        c.speedup = result.speedup(precision)
         float_stats = result.stats["fp32"].to_dict()
     last = candidates[-1]
     return {
         "batch_size": len(x),
         "threads": config.threads,
+        "provider": "cpu",
         "float": float_stats,
-        "int8": last.latency,
+        last.settings.precision: last.latency,
         "speedup": last.speedup[0],
         "speedup_range": [last.speedup[1], last.speedup[2]],
         "rounds": rounds,
@@ -913,6 +1036,33 @@ def _speed_warnings(chosen: Candidate, speed: dict, cpu: CpuInfo) -> list[str]:
         f"int8 is not faster than fp32 here ({speed['speedup']:.2f}x at batch "
         f"{speed['batch_size']}); likely: " + "; ".join(causes) + ". Consider keeping fp32."
     ]
+
+
+def _recommendation(precision: str, speed: dict) -> str:
+    """What to use: int8 when it is faster, else fp32; fp16 on GPU providers, and on the CPU provider only when
+    it measured faster there."""
+    faster = speed["speedup"] >= NOT_FASTER_RATIO
+    if precision == "fp16":
+        return "fp16 on GPU providers (CUDA/TensorRT)" + ("" if faster else "; fp32 on the CPU provider")
+    return "int8" if faster else "keep fp32"
+
+
+def _fp16_coverage(path: Path) -> dict[str, int]:
+    """Compute ops running in fp16 (fed a float16 tensor) vs float32, and the casts between the two, in a
+    graph of onnxruntime's float16 converter (it records the type of every float16 tensor)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    fp16 = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
+    fp16 |= {
+        v.name
+        for v in (*graph.value_info, *graph.input, *graph.output)
+        if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    }
+    compute = [n for n in graph.node if n.op_type in COMPUTE_OPS]
+    in_fp16 = sum(any(name in fp16 for name in n.input[:2]) for n in compute)
+    casts = sum(n.op_type == "Cast" for n in graph.node)
+    return {"fp16_compute": in_fp16, "float_compute": len(compute) - in_fp16, "conversions": casts}
 
 
 def _int8_coverage(path: Path) -> dict[str, int]:
@@ -959,13 +1109,25 @@ def _candidate_record(c: Candidate) -> dict[str, Any]:
 
 def summary(manifest: dict[str, Any]) -> list[str]:
     q, m = manifest["quantization"], manifest["metrics"]
+    precision = q["precision"]
     by = f"NNCF, {q['nncf_preset']} preset: " if q.get("backend") == "nncf" else ""
-    lines = [
-        f"settings: {by}{q['mode']}, {q['format']}, activations {q['activation_type']}, weights "
-        f"{q['weight_type']}{', per-channel' if q['per_channel'] else ''}"
-        f"{', reduce_range' if q['reduce_range'] else ''}"
-        + (f", {q['calibration']} calibration on {q['calibration_samples']} samples" if q["mode"] == "static" else "")
-    ]
+    if precision == "fp16":
+        only = f", only {'/'.join(q['op_types'])} in fp16" if q["op_types"] else ""
+        lines = [
+            "settings: fp16 by onnxruntime.transformers.float16: weights and activations float16, inputs and "
+            f"outputs float32{only}"
+        ]
+    else:
+        lines = [
+            f"settings: {by}{q['mode']}, {q['format']}, activations {q['activation_type']}, weights "
+            f"{q['weight_type']}{', per-channel' if q['per_channel'] else ''}"
+            f"{', reduce_range' if q['reduce_range'] else ''}"
+            + (
+                f", {q['calibration']} calibration on {q['calibration_samples']} samples"
+                if q["mode"] == "static"
+                else ""
+            )
+        ]
     lines += [f"  why: {reason}" for reason in q["reasons"]]
     if q["search"]:
         lines.append(f"{'candidate':<42} {'accuracy':>9} {'p50 ms':>8} {'speed-up':>8}")
@@ -973,10 +1135,11 @@ def summary(manifest: dict[str, Any]) -> list[str]:
             acc = "n/a" if c["accuracy"] is None else f"{100 * c['accuracy']:.2f}%"
             lines.append(f"{c['settings']:<42} {acc:>9} {c['p50_ms']:>8.3f} {c['speedup']:>7.2f}x")
     if q["excluded_nodes"]:
-        lines.append(f"kept in float: {', '.join(q['excluded_nodes'])}")
+        kept = "float32 (weights and arithmetic; the converter passes tensors between nodes in fp16)"
+        lines.append(f"kept in {kept if precision == 'fp16' else 'float'}: {', '.join(q['excluded_nodes'])}")
     if m["float_accuracy"] is not None:
         lines.append(
-            f"accuracy ({m['accuracy_split']}): fp32 {100 * m['float_accuracy']:.2f}% -> int8 "
+            f"accuracy ({m['accuracy_split']}): fp32 {100 * m['float_accuracy']:.2f}% -> {precision} "
             f"{100 * m['accuracy']:.2f}% (drop {m['accuracy_drop_points']:.2f} points)"
         )
     f = m["fidelity"]
@@ -986,16 +1149,18 @@ def summary(manifest: dict[str, Any]) -> list[str]:
         f"{f['relative_l2']:.4f}, max abs diff {f['max_abs_diff']:.3g}; {f['loss_points']:.2f} {f['measure']}, "
         f"budget {f['budget_points']}"
     )
+    lines += [FP16_JUDGED_ON_CPU] if precision == "fp16" else []
     if f["split"] == "synthetic":
-        lines.append("accuracy not measured: no data, so int8 was judged on random inputs only (pass --data)")
+        lines.append(f"accuracy not measured: no data, so {precision} was judged on random inputs only (pass --data)")
     lat = m["latency"]
     lines.append(
-        f"latency (batch {lat['batch_size']}, p50): fp32 {lat['float']['p50_ms']:.3f} ms -> int8 "
-        f"{lat['int8']['p50_ms']:.3f} ms, {lat['speedup']:.2f}x "
+        f"latency{' on the CPU provider' if precision == 'fp16' else ''} (batch {lat['batch_size']}, p50): fp32 "
+        f"{lat['float']['p50_ms']:.3f} ms -> {precision} {lat[precision]['p50_ms']:.3f} ms, {lat['speedup']:.2f}x "
         f"({lat['speedup_range'][0]:.2f}-{lat['speedup_range'][1]:.2f}x over {lat['rounds']} rounds)"
     )
+    lines += [FP16_ON_CPU] if precision == "fp16" else []
     lines.append(f"size: {m['float_size_bytes'] / 1024:.1f} KiB -> {m['size_bytes'] / 1024:.1f} KiB")
-    lines += [f"recommendation: {m['recommendation']}"] if m["warnings"] else []
+    lines += [f"recommendation: {m['recommendation']}"] if m["warnings"] or precision == "fp16" else []
     return lines
 
 
@@ -1005,7 +1170,9 @@ STAGE = Stage(
     run=quantize,
     summary=summary,
     reads=("model",),
-    help="""Quantize an ONNX model to int8 with onnxruntime.quantization, then check accuracy and speed.
+    help="""Quantize an ONNX model to int8 (or fp16 for GPU providers), then check accuracy and speed.
+
+    int8 by onnxruntime.quantization (or NNCF); --mode fp16 by onnxruntime.transformers.float16.
 
     \b
     Examples:
@@ -1016,5 +1183,7 @@ STAGE = Stage(
       # several inputs: an npz with one array per input, named after it (y: labels, optional)
       compress quantize text.onnx --data npz:tokens.npz --out text.int8.onnx
       compress quantize text.onnx --mode dynamic --shape input_ids=1x128 --out text.int8.onnx
+      # fp16 for CUDA/TensorRT (inputs and outputs stay float32; usually no faster on the CPU provider)
+      compress quantize runs/mnist/student.onnx --mode fp16 --out runs/mnist/student.fp16.onnx
     """,
 )
