@@ -88,28 +88,76 @@ def available_memory_bytes() -> int | None:
     return memory_bytes()
 
 
+# What nvidia-smi is asked of each GPU; compute_cap needs a driver from 2022 (510) on, so without it the rest is asked
+GPU_FIELDS = ("name", "driver_version", "memory.total", "compute_cap")
+GPU_KEYS = ("name", "driver", "memory", "compute_capability")
+
+
 def gpus() -> list[dict]:
-    """Name, driver and memory of each NVIDIA GPU (empty when nvidia-smi is absent)."""
+    """Name, driver, memory and compute capability of each NVIDIA GPU (empty when nvidia-smi is absent)."""
     import shutil
-    import subprocess
 
     if not shutil.which("nvidia-smi"):
         return []
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+    for count in (len(GPU_FIELDS), len(GPU_FIELDS) - 1):
+        out = _nvidia_smi(GPU_FIELDS[:count])
+        if out is not None:
+            break
+    else:
         return []
     found = []
     for line in out.strip().splitlines():
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 3:
-            found.append({"name": parts[0], "driver": parts[1], "memory": parts[2]})
+        if len(parts) == count:
+            found.append(dict(zip(GPU_KEYS, parts)))
     return found
+
+
+def _nvidia_smi(fields: tuple[str, ...]) -> str | None:
+    """nvidia-smi's CSV lines for ``fields``, or None when it fails (an older driver lacks a field)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def torch_cuda_version() -> str | None:
+    """The CUDA version torch was built with; None without torch or for a CPU build of it."""
+    try:
+        import torch
+    except (ImportError, OSError):  # OSError: a CUDA build whose libraries do not load
+        return None
+    return torch.version.cuda
+
+
+def onnxruntime_cuda_version() -> str | None:
+    """The CUDA version onnxruntime was built with (onnxruntime-gpu); None for a CPU build."""
+    from onnxruntime.capi import build_and_package_info
+
+    return getattr(build_and_package_info, "cuda_version", None) or None
+
+
+def cuda_mismatch(torch_cuda: str | None, onnxruntime_cuda: str | None) -> str | None:
+    """One line when torch and onnxruntime are built for different CUDA major versions (both versions named,
+    and what to do), else None; None too when either has no CUDA build to compare."""
+    if not torch_cuda or not onnxruntime_cuda:
+        return None
+    torch_major, ort_major = torch_cuda.split(".")[0], onnxruntime_cuda.split(".")[0]
+    if torch_major == ort_major:
+        return None
+    return (
+        f"torch is built for CUDA {torch_cuda} but onnxruntime for CUDA {onnxruntime_cuda}: in one process the CUDA "
+        f"provider may fail to load its libraries beside torch's; install builds for one CUDA major version "
+        f"(onnxruntime-gpu for CUDA {torch_major}, or torch for CUDA {ort_major})"
+    )
 
 
 def machine_info(with_gpus: bool) -> dict:
@@ -134,6 +182,8 @@ def machine_info(with_gpus: bool) -> dict:
         software["torch"] = torch.__version__
     except ImportError:
         pass
+    cuda = {"torch_cuda": torch_cuda_version(), "onnxruntime_cuda": onnxruntime_cuda_version()}
+    software.update({key: version for key, version in cuda.items() if version})
     return {
         "cpu": cpu_info().describe(),
         "memory_bytes": memory_bytes(),

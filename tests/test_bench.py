@@ -307,7 +307,7 @@ def run_cli(args, capsys):
     "case, message",
     [
         ("missing", "does not exist"),
-        ("unknown_provider", "--providers[1] must be 'cpu', 'cuda' or 'tensorrt', got 'tpu'"),
+        ("unknown_provider", "--providers[1] must be 'cpu', 'cuda', 'cuda-graph' or 'tensorrt', got 'tpu'"),
         ("unavailable_provider", "is not available in this onnxruntime build"),
         ("wrong_shape", "but npz:"),
         ("bad_batch", "--batch-sizes[0] must be at least 1, got 0"),

@@ -225,7 +225,7 @@ def test_a_recipe_key_out_of_bounds_is_one_line_naming_it_and_its_line(
     "body, message",
     [
         ("providers = []", "providers must have at least 1 item(s), got []"),
-        ('providers = ["cpu", "npu"]', "providers[1] must be 'cpu', 'cuda' or 'tensorrt', got 'npu'"),
+        ('providers = ["cpu", "npu"]', "providers[1] must be 'cpu', 'cuda', 'cuda-graph' or 'tensorrt', got 'npu'"),
         ("min_time = nan", "min_time must be a finite number, got nan"),
         ("min_time = 0", "min_time must be greater than 0, got 0"),
         ("batch_sizes = [1, 99999999999999999999]", "batch_sizes[1] must be at most 1048576"),

@@ -94,9 +94,25 @@ def _fmt_count(value: int | None) -> str:
     return str(value)
 
 
+def _on_gpu(report: dict) -> bool:
+    """Whether the report has rows of a GPU provider (its tables then show where their nodes ran)."""
+    return any(r["provider"] != "cpu" for r in report["rows"])
+
+
+def _fmt_placement(placement: dict[str, int] | None) -> str:
+    """Nodes a GPU provider ran of the model's: '40 of 40', or '37 of 40 (3 on CPU)'; '–' on the CPU."""
+    if placement is None:
+        return "–"
+    total = sum(placement.values())
+    on_cpu = placement.get("CPUExecutionProvider", 0)
+    return f"{total - on_cpu} of {total}" + (f" ({on_cpu} on CPU)" if on_cpu else "")
+
+
 def table_rows(report: dict) -> list[list[str]]:
-    """One row per model x provider x batch size x threads, for the terminal, Markdown and HTML."""
+    """One row per model x provider x batch size x threads, for the terminal, Markdown and HTML; with GPU
+    providers, the nodes each ran on the GPU beside the provider."""
     models = {m["name"]: m for m in report["models"]}
+    gpu = _on_gpu(report)
     rows = []
     for r in report["rows"]:
         m = models[r["model"]]
@@ -110,6 +126,7 @@ def table_rows(report: dict) -> list[list[str]]:
             [
                 r["model"],
                 r["provider"],
+                *([_fmt_placement(acc["placement"])] if gpu else []),
                 str(r["batch_size"]),
                 str(r["threads"]),
                 f"{m['params']:,}" if m["params"] else "–",
@@ -138,6 +155,7 @@ def header(report: dict) -> list[str]:
     return [
         "model",
         "provider",
+        *(["nodes on GPU"] if _on_gpu(report) else []),
         "batch",
         "threads",
         "params",
@@ -179,15 +197,29 @@ def _machine_lines(report: dict) -> list[str]:
         + (f"; memory {memory / 2**30:.1f} GiB" if memory else "")
     ]
     for gpu in machine.get("gpus") or []:
-        lines.append(f"- GPU: {gpu['name']}, driver {gpu['driver']}, {gpu['memory']}")
+        capability = f", compute capability {gpu['compute_capability']}" if gpu.get("compute_capability") else ""
+        lines.append(f"- GPU: {gpu['name']}{capability}, driver {gpu['driver']}, {gpu['memory']}")
     software = machine["software"]
-    lines.append("- Software: " + ", ".join(f"{k} {v}" for k, v in software.items()))
+    lines.append(
+        "- Software: "
+        + ", ".join(
+            f"{k} {v}" + (f" (CUDA {software[k + '_cuda']})" if software.get(k + "_cuda") else "")
+            for k, v in software.items()
+            if not k.endswith("_cuda")
+        )
+    )
     s, t = report["session"], report["timing"]
     lines.append(
         f"- Sessions: graph optimisation {s['graph_optimization']}, {s['execution_mode']} "
         f"execution, intra-op threads as in the table, inter-op threads {s['inter_op_threads']}"
         + (", GPU inputs/outputs bound on the device (IOBinding)" if s["io_binding"] else "")
         + (", GPU timings include host↔device copies" if s["include_copies"] else "")
+        + (
+            "; cuda-graph: one CUDA graph per session and batch size, captured on its first run and replayed on "
+            "inputs and outputs bound once"
+            if "cuda-graph" in report["config"]["providers"]
+            else ""
+        )
     )
     lines.append(
         f"- Timing: {t['warmup']} warm-up runs, then at least {t['min_runs']} runs and "

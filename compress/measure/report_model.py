@@ -25,7 +25,7 @@ FORMAT = "compress-bench-report/1"
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 REGENERATE = "python -m compress.measure.report_model"
 
-Provider = Literal["cpu", "cuda", "tensorrt"]
+Provider = Literal["cpu", "cuda", "cuda-graph", "tensorrt"]
 Verdict = Literal["baseline", "faster", "slower", "within noise"]
 Count = Annotated[int, Field(ge=1)]
 Seconds = Annotated[float, Field(ge=0)]
@@ -68,6 +68,9 @@ class Gpu(_Strict):
     name: str
     driver: str
     memory: str = Field(description="Total memory as nvidia-smi gives it, e.g. '81559 MiB'.")
+    compute_capability: str | None = Field(
+        None, description="CUDA compute capability, e.g. '9.0'; absent where nvidia-smi does not give it."
+    )
 
 
 class Software(_Strict):
@@ -81,6 +84,12 @@ class Software(_Strict):
     onnxruntime: str
     onnx: str
     compress: str
+    torch_cuda: str | None = Field(
+        None, description="The CUDA version torch was built with; absent for a CPU build or without torch."
+    )
+    onnxruntime_cuda: str | None = Field(
+        None, description="The CUDA version onnxruntime was built with (onnxruntime-gpu); absent for a CPU build."
+    )
 
 
 class Machine(_Strict):
@@ -119,7 +128,10 @@ class ProviderResult(_Strict):
     """One model on one execution provider: start-up, accuracy on the test split, memory."""
 
     session_create_s: Seconds
-    first_run_s: Seconds
+    first_run_s: Seconds = Field(
+        description="The first run of a fresh session; on cuda-graph, the runs that capture its graph (one that "
+        "sizes the outputs, then the capture)."
+    )
     top1: Fraction | None = Field(
         description="Null when accuracy was not measured: no labels (see the model's accuracy_not_measured), "
         "or a first output that gives no classes."

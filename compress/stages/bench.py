@@ -27,7 +27,7 @@ from ..hardware import machine_info
 from ..measure.fidelity import classifier_accuracy, compare_outputs, gives_classes
 from ..measure.latency import LatencyStats, compare, time_calls
 from ..measure.report import REPORT_FILES, write_report
-from ..measure.runner import PROVIDERS, check_available, first_run_s, load, make_call, node_placement, peak_memory_mb
+from ..measure.runner import PROVIDERS, check_gpu, first_run_s, load, make_call, node_placement, peak_memory_mb
 from ..measure.stats import median_ci, speedup_ci, verdict
 from ..onnx_io import OptimizationLevel, load_any, model_info
 from .base import RANGES_HELP, SHAPES_HELP, Cli, InputRanges, InputShapes, Shortcut, Stage, StageConfig
@@ -73,7 +73,8 @@ class BenchConfig(StageConfig):
     providers: Annotated[list[Literal[tuple(PROVIDERS)]], Cli(parse=_comma_list(str))] = Field(
         default_factory=lambda: ["cpu"],
         min_length=1,
-        description="Execution providers, comma-separated: cpu, cuda, tensorrt.",
+        description="Execution providers, comma-separated: cpu, cuda, tensorrt; cuda-graph is CUDA replaying one "
+        "captured CUDA graph per batch size.",
     )
     batch_sizes: Annotated[list[Annotated[int, Field(ge=1, le=MAX_BATCH)]], Cli(parse=_comma_list(int))] = Field(
         default_factory=lambda: [1, 64], min_length=1, description="Batch sizes, comma-separated."
@@ -126,6 +127,15 @@ class BenchConfig(StageConfig):
         return report
 
     @model_validator(mode="after")
+    def _no_copies_in_a_graph(self) -> BenchConfig:
+        if self.include_copies and "cuda-graph" in self.providers:
+            raise ValueError(
+                "`include_copies` cannot time cuda-graph: a CUDA graph replays on device buffers bound once, "
+                "so there are no copies in its runs; drop cuda-graph from `providers`, or `include_copies`"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _baseline_measured_first(self) -> BenchConfig:
         if self.baseline is not None and _key(self.baseline) not in map(_key, self.models):
             self.models = [self.baseline, *self.models]
@@ -170,6 +180,10 @@ def measure(config: BenchConfig) -> dict[str, Any]:
         # one run before any measuring: a model that fails here stops here
         model.run(data.test.batch(max(config.batch_sizes)))
         models[path] = {"manifest": manifest, "data": data, "name": _name(path, paths)}
+    if "cuda-graph" in providers:  # a model onnxruntime cannot capture stops the run before anything is timed
+        for path, info in models.items():
+            graph = load(path, "cuda-graph", max(config.threads), config.optimization)
+            first_run_s(graph, info["data"].test.batch(max(config.batch_sizes)), include_copies=False)
 
     entries = {path: _describe(path, info, baseline, config) for path, info in models.items()}
     rows = []
@@ -181,7 +195,7 @@ def measure(config: BenchConfig) -> dict[str, Any]:
             x, y = _test_split(info["data"], config.accuracy_samples)
             # the very first run of a fresh session, before anything else touches it
             largest = x.batch(max(config.batch_sizes))
-            first = first_run_s(make_call(loaded, largest, config.include_copies))
+            first = first_run_s(loaded, largest, config.include_copies)
             outputs[path] = loaded.runner.predict(x)[0]
             accuracy = _accuracy(outputs[path], y)
             if y is not None and accuracy["top1"] is None:
@@ -189,15 +203,15 @@ def measure(config: BenchConfig) -> dict[str, Any]:
                     f"its first output, {loaded.runner.outputs[0].name!r} of shape {list(outputs[path].shape)}, gives "
                     f"no scores of the {len(info['data'].labels or [])} classes the labels of {info['data'].spec} name"
                 )
+            placement = None
+            if provider != "cpu":
+                placement = node_placement(path, provider, max(config.threads), config.optimization, x.batch(1))
+                _say_cpu_nodes(info["name"], provider, placement)
             entries[path]["providers"][provider] = {
                 "session_create_s": loaded.create_s,
                 "first_run_s": first,
                 **accuracy,
-                "placement": (
-                    node_placement(path, provider, max(config.threads), config.optimization, x.batch(1))
-                    if provider != "cpu"
-                    else None
-                ),
+                "placement": placement,
                 **_memory(path, provider, config, largest),
             }
         for path in models:
@@ -282,10 +296,29 @@ def _why_no_accuracy(data: ModelData) -> str | None:
     return None
 
 
+def _say_cpu_nodes(name: str, provider: str, placement: dict[str, int]) -> None:
+    """A warning when a GPU provider left nodes to the CPU (the report's placement keeps the counts)."""
+    on_cpu, total = placement.get(PROVIDERS["cpu"], 0), sum(placement.values())
+    if not on_cpu:
+        return
+    if provider == "cuda-graph":
+        consequence = (
+            "outside the graph: shape computations onnxruntime leaves there, run before the capture and not in "
+            "the replays timed"
+        )
+    else:
+        consequence = "where the GPU providers left them: its figures include them and the copies around them"
+    logging.getLogger(__name__).warning(
+        f"{name} on {provider}: {on_cpu} of {total} nodes ran on the CPU, {consequence}"
+    )
+
+
 def _memory(path: Path, provider: str, config: BenchConfig, batch: Samples) -> dict[str, Any]:
     if not config.memory:
         return {"peak_memory_mb": None, "process_memory_mb": None}
-    peak, before = peak_memory_mb(path, provider, max(config.threads), config.optimization, batch)
+    peak, before = peak_memory_mb(
+        path, provider, max(config.threads), config.optimization, batch, config.include_copies
+    )
     return {"peak_memory_mb": peak, "process_memory_mb": before}
 
 
@@ -414,7 +447,7 @@ STAGE = Stage(
     reads=("models", "baseline"),
     writes=("report",),
     folders=("report",),
-    preflight=lambda config: check_available(config.providers),
+    preflight=lambda config: check_gpu(config.providers),
     shortcuts=(
         Shortcut(
             "--compare",
