@@ -196,7 +196,11 @@ def wrap(model: torch.nn.Module, world: World) -> torch.nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+    return DistributedDataParallel(
+        model,
+        device_ids=[world.device.index] if world.device.type == "cuda" else None,
+        gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: one copy fewer per step
+    )
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -134,6 +134,16 @@ def test_distillation_with_hints_and_a_sharded_teacher_cache_matches_one_process
     assert two["metrics"]["teacher_test_accuracy"] == one["metrics"]["teacher_test_accuracy"]
 
 
+def test_pruning_recovers_on_two_processes_as_on_one(tmp_path, digits_npz):
+    model = tmp_path / "model.pt"
+    compress.train(out=str(model), data=digits_npz, **TRAIN)
+    settings = dict(data=digits_npz, target_macs=0.6, epochs=1, batch_size=64, val_fraction=0.25)
+    compress.prune(str(model), out=str(tmp_path / "one.pt"), **settings)
+    run_distributed("prune", checkpoint=str(model), out=str(tmp_path / "two.pt"), **settings)
+    assert_close_weights(tmp_path / "one.pt", tmp_path / "two.pt", atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left behind
+
+
 def test_a_stopped_distributed_run_resumes_to_the_same_weights(tmp_path, digits_npz):
     settings = {**TRAIN, "epochs": 3, "model_args": {"hidden": [32], "dropout": 0.2}, "data": digits_npz}
     run_distributed("train", out=str(tmp_path / "whole.pt"), **settings)
