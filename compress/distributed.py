@@ -98,6 +98,9 @@ class World:
                 said = str(exc) if isinstance(exc, CompressError) else f"rank 0 failed: {first_line(exc)}"
                 outcome = ("failed", said)
         outcome = self.from_main(outcome)
+        # every rank holds rank 0's message before any goes on: one that left (and closed its connections)
+        # while another still read it would make gloo abort that one
+        self.barrier()
         if failure is not None:
             raise failure
         if outcome[0] == "failed":
