@@ -51,7 +51,7 @@ def resume_path(out: str | Path) -> Path:
 
 
 def check_outputs(outputs: dict[str, Path], inputs: dict[str, Path], folders: tuple[str, ...] = ()) -> None:
-    """Before a stage starts: every output can be written, and none is one of its inputs.
+    """Before a stage starts: every output can be written, and none is another output or one of its inputs.
 
     ``outputs`` / ``inputs`` map a setting (``out``, ``checkpoint``) to its path; an output named in
     ``folders`` is a folder (bench's report), the others are files with a manifest beside them. The
@@ -60,8 +60,12 @@ def check_outputs(outputs: dict[str, Path], inputs: dict[str, Path], folders: tu
     """
     sources = {path.resolve(): name for name, path in inputs.items()}
     sources.update({manifest_path(path).resolve(): name for name, path in inputs.items()})
+    written: dict[Path, str] = {}
     for name, path in outputs.items():
         flag = "--" + name.replace("_", "-")
+        other = written.setdefault(path.resolve(), flag)
+        if other != flag:
+            raise CompressError(f"{flag} {path} is also {other}; give each output a file of its own")
         if path.resolve() in sources:
             raise CompressError(
                 f"{flag} {path} is the --{sources[path.resolve()].replace('_', '-')} it reads; "

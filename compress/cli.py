@@ -123,7 +123,7 @@ def run_stage(stage: Stage, config: Any) -> None:
         return
     for line in stage.summary(result):
         click.echo(line)
-    for name in stage.writes:
+    for name in stage.files(config)[1]:
         path = Path(getattr(config, name))
         written = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path, manifest_path(path)]
         for file in written:

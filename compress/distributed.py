@@ -224,3 +224,15 @@ def average_gradients(parameters: list[torch.nn.Parameter], world: World) -> Non
         if parameter.grad is not None:
             dist.all_reduce(parameter.grad)
             parameter.grad /= world.size
+
+
+def broadcast_buffers(module: torch.nn.Module, world: World) -> None:
+    """Rank 0's buffers of ``module`` (batch-norm statistics) on every rank, as DistributedDataParallel gives
+    the model's own: for a network trained beside the model, whose parameters ``average_gradients`` keeps equal
+    but whose statistics each rank gathers from its own slice of the batch."""
+    if not world.distributed:
+        return
+    import torch.distributed as dist
+
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)

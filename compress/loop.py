@@ -42,9 +42,11 @@ class Objective(Protocol):
     def parameters(self) -> list[torch.nn.Parameter]: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
+    # after each epoch's validation, before the best weights are chosen: may add figures to the epoch's record
+    def end_epoch(self, record: dict[str, Any], x_val: torch.Tensor, y_val: torch.Tensor) -> None: ...
     def inputs(self) -> list[tuple[str, Path]]: ...  # (role, path) of files it read, for the manifest
-    def metrics(self) -> dict[str, Any]: ...  # extra figures for the manifest
-    def finish(self) -> None: ...
+    def metrics(self) -> dict[str, Any]: ...  # extra figures for the manifest (every rank calls it)
+    def finish(self) -> None: ...  # training is over: write what else it made, remove what it kept
 
 
 def resolve_device(name: str) -> torch.device:
@@ -142,6 +144,9 @@ class LabelObjective:
         return {}
 
     def load_state_dict(self, state):
+        pass
+
+    def end_epoch(self, record, x_val, y_val) -> None:
         pass
 
     def inputs(self) -> list[tuple[str, Path]]:
@@ -309,9 +314,7 @@ class Fit:
             self.save_resume_state()
         # Epochs run before an interruption count too: their times are in the history.
         train_time = preparation + sum(record["seconds"] for record in self.history)
-        manifest = self._write_artifact(train_time)
-        self.objective.finish()
-        return manifest
+        return self._write_artifact(train_time)
 
     def _train_one_epoch(self) -> None:
         config, world, epoch_started = self.config, self.world, time.perf_counter()
@@ -360,10 +363,11 @@ class Fit:
             "epoch": self.epoch,
             "loss": loss_sum / seen,
             "train_accuracy": correct / seen,
-            "val_accuracy": val,
+            "val_accuracy": None if math.isnan(val) else val,  # NaN without a validation split: not JSON
             "lr": self.schedule.get_last_lr()[0],
             "seconds": time.perf_counter() - epoch_started,
         }
+        self.objective.end_epoch(record, self.x_val, self.y_val)
         self.history.append(record)
         # Without a validation split the last epoch counts as the best.
         if math.isnan(val) or val > self.best_val:
@@ -387,68 +391,116 @@ class Fit:
 
     def _write_artifact(self, train_time: float) -> dict[str, Any]:
         """Every rank measures its share of the test split; rank 0 writes the checkpoint and manifest
-        and every rank returns them."""
+        and every rank returns them. The objective writes what else it made first: the checkpoint at
+        ``config.out`` ends the run (its resume state goes), so nothing is left unwritten after it."""
         dataset = self.dataset
         self.module.load_state_dict(self.best_state)
         x_test, y_test = self._placed(dataset.x_test), self._placed(dataset.y_test)
         test_accuracy = accuracy(self.module, x_test, y_test, world=self.world, device=self.device)
-        objective_metrics = self.objective.metrics()
-        return self.world.main_does(lambda: self._save(train_time, test_accuracy, objective_metrics))
-
-    def _save(self, train_time: float, test_accuracy: float, objective_metrics: dict[str, Any]) -> dict[str, Any]:
-        config, dataset = self.config, self.dataset
-        params = count_params(self.module)
-        spec = canonical_spec(config.model)
-        checkpoint = {
-            "model_spec": spec,
-            "model_args": config.model_args,
-            "in_shape": list(dataset.in_shape),
-            "num_classes": dataset.num_classes,
-            "state_dict": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
-        }
-        manifest = new_manifest(config.out, self.stage, self._config_dict())
-        manifest["inputs"] = [input_record(role, path) for role, path in self.objective.inputs()]
-        epoch_seconds = sum(r["seconds"] for r in self.history)
-        manifest.update(
-            {
-                "model": {
-                    "spec": spec,
-                    "args": config.model_args,
-                    "params": params,
-                    "macs": count_macs(self.module, dataset.in_shape),
-                },
-                "input_spec": {
-                    "name": "input",
-                    "shape": [None, *dataset.in_shape],
-                    "dtype": "float32",
-                    "dynamic_axes": {"0": "batch"},
-                },
-                "output_spec": {"name": "logits", "shape": [None, dataset.num_classes], "dtype": "float32"},
-                "preprocessing": dataset.preprocessing.to_dict(),
-                "labels": dataset.labels,
-                "data": dataset.describe(),
-                "training": {
-                    "device": self.device.type,
-                    **self.world.describe(config.batch_size),
-                    "autocast": "bfloat16" if self.autocast else None,
-                },
-                "metrics": {
-                    "test_accuracy": test_accuracy,
-                    "test_errors": int(round((1 - test_accuracy) * len(dataset.y_test))),
-                    "val_accuracy": None if math.isnan(self.best_val) else self.best_val,
-                    "best_epoch": self.best_epoch,
-                    "params": params,
-                    "train_time_s": round(train_time, 3),
-                    # training throughput of the epochs alone (one-time preparation excluded), all processes
-                    "train_samples_per_s": round(len(self.x_train) * len(self.history) / epoch_seconds, 1),
-                    "history": self.history,
-                    **objective_metrics,
-                },
-            }
+        metrics = training_metrics(
+            self.module, dataset, test_accuracy, self.best_val, self.best_epoch, self.history, train_time
         )
-        save_checkpoint(config.out, checkpoint, manifest)
+        metrics.update(self.objective.metrics())
+        self.objective.finish()
+        return self.world.main_does(lambda: self._save(metrics))
+
+    def _save(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        config, inputs = self.config, self.objective.inputs()
+        manifest = save_trained(
+            config,
+            self.stage,
+            self.module,
+            config.out,
+            config.model,
+            config.model_args,
+            self.dataset,
+            self.world,
+            inputs,
+            metrics,
+        )
         resume_path(config.out).unlink(missing_ok=True)
         return manifest
+
+
+def training_metrics(
+    module: torch.nn.Module,
+    dataset: Dataset,
+    test_accuracy: float,
+    best_val: float,
+    best_epoch: int,
+    history: list[dict[str, Any]],
+    train_time: float,
+) -> dict[str, Any]:
+    """The figures of a trained network's manifest: its test accuracy, its best epoch on the validation
+    split (NaN without one), its size, the run's time and its per-epoch ``history``."""
+    params = count_params(module)
+    epoch_seconds = sum(r["seconds"] for r in history)
+    return {
+        "test_accuracy": test_accuracy,
+        "test_errors": int(round((1 - test_accuracy) * len(dataset.y_test))),
+        "val_accuracy": None if math.isnan(best_val) else best_val,
+        "best_epoch": best_epoch,
+        "params": params,
+        "train_time_s": round(train_time, 3),
+        # training throughput of the epochs alone (one-time preparation excluded), all processes
+        "train_samples_per_s": round(len(dataset.x_train) * len(history) / epoch_seconds, 1),
+        "history": history,
+    }
+
+
+def save_trained(
+    config,
+    stage: str,
+    module: torch.nn.Module,
+    out: str,
+    spec: str,
+    model_args: dict[str, Any],
+    dataset: Dataset,
+    world: World,
+    inputs: list[tuple[str, Path]],
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """Write ``module``, trained by ``stage`` with ``config``, as the compress checkpoint ``out`` (rebuilt by
+    the model ``spec`` with ``model_args``) with its manifest: what it takes and gives, the data, where it
+    trained, the files it read (``inputs``) and ``metrics``. Returns the manifest; rank 0 alone calls it."""
+    spec = canonical_spec(spec)
+    checkpoint = {
+        "model_spec": spec,
+        "model_args": model_args,
+        "in_shape": list(dataset.in_shape),
+        "num_classes": dataset.num_classes,
+        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+    }
+    manifest = new_manifest(out, stage, config.model_dump(mode="json"))
+    manifest["inputs"] = [input_record(role, path) for role, path in inputs]
+    manifest.update(
+        {
+            "model": {
+                "spec": spec,
+                "args": model_args,
+                "params": count_params(module),
+                "macs": count_macs(module, dataset.in_shape),
+            },
+            "input_spec": {
+                "name": "input",
+                "shape": [None, *dataset.in_shape],
+                "dtype": "float32",
+                "dynamic_axes": {"0": "batch"},
+            },
+            "output_spec": {"name": "logits", "shape": [None, dataset.num_classes], "dtype": "float32"},
+            "preprocessing": dataset.preprocessing.to_dict(),
+            "labels": dataset.labels,
+            "data": dataset.describe(),
+            "training": {
+                "device": world.device.type,
+                **world.describe(config.batch_size),
+                "autocast": "bfloat16" if world.device.type == "cuda" else None,
+            },
+            "metrics": metrics,
+        }
+    )
+    save_checkpoint(out, checkpoint, manifest)
+    return manifest
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:

@@ -56,13 +56,14 @@ class Step:
     @property
     def inputs(self) -> dict[str, Path]:
         """role -> a file it reads (hashed): the stage's ``reads`` fields."""
-        return paths_of(self.config, self.stage.reads)
+        return paths_of(self.config, self.stage.files(self.config)[0])
 
     @property
     def outputs(self) -> list[Path]:
         """What it writes (hashed once it finished); a folder by the report in it."""
-        paths = [Path(getattr(self.config, name)) for name in self.stage.writes]
-        return [path / "report.json" if name == "report" else path for name, path in zip(self.stage.writes, paths)]
+        writes = self.stage.files(self.config)[1]
+        paths = [Path(getattr(self.config, name)) for name in writes]
+        return [path / "report.json" if name == "report" else path for name, path in zip(writes, paths)]
 
     def settings(self) -> dict[str, Any]:
         """The config that decides what the stage computes (its file paths are hashed instead)."""

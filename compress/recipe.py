@@ -63,6 +63,8 @@ MASKED_LENGTH = 4  # values of ${VAR} this long or longer are not repeated in me
 # [teacher] with path = FILE takes only these: the code its checkpoint names, or trust in it; and for
 # a model without a manifest, how its inputs were normalised.
 TEACHER_PATH_KEYS = {"path": str, "model": str, "trust_model_code": bool, "preprocessing": str}
+# [student] settings of a teacher trained beside the student (distill --online): a recipe's teacher is [teacher]'s.
+ONLINE_KEYS = {"online", "teacher_model_args"}
 
 
 def pipeline_keys(table: str) -> set[str]:
@@ -276,6 +278,13 @@ def _check_table(table: str, settings: dict[str, Any], where: _Locator) -> None:
                 key,
                 f"[{table}] {key} is set by the pipeline (each stage reads "
                 "what the one before wrote in the run folder); remove it",
+            )
+        if table == "student" and key in ONLINE_KEYS:
+            raise where.error(
+                table,
+                key,
+                f"[student] {key} is for compress distill --online, which trains its own teacher; a recipe's "
+                "teacher is trained by [teacher] (or given there as path = FILE): remove it",
             )
         if key not in config.model_fields:
             valid = ", ".join(sorted(set(settable(config)) - owned))

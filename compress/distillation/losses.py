@@ -29,6 +29,17 @@ def hard_label_ce(student_logits: torch.Tensor, labels: torch.Tensor, label_smoo
     return F.cross_entropy(student_logits.float(), labels, label_smoothing=label_smoothing)
 
 
+def soft_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0, kind: str = "kl"
+) -> torch.Tensor:
+    """The teacher term alone: ``kind`` "kl" (``soft_target_kl`` at ``temperature``) or "mse" (``logit_mse``)."""
+    if kind == "kl":
+        return soft_target_kl(student_logits, teacher_logits, temperature)
+    if kind == "mse":
+        return logit_mse(student_logits, teacher_logits)
+    raise ValueError(f"unknown distillation loss {kind!r}")
+
+
 def distillation_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -39,12 +50,7 @@ def distillation_loss(
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """``alpha * soft + (1 - alpha) * hard``: the soft term is ``kind`` ("kl" or "mse")."""
-    if kind == "kl":
-        soft = soft_target_kl(student_logits, teacher_logits, temperature)
-    elif kind == "mse":
-        soft = logit_mse(student_logits, teacher_logits)
-    else:
-        raise ValueError(f"unknown distillation loss {kind!r}")
+    soft = soft_loss(student_logits, teacher_logits, temperature, kind)
     if alpha == 1.0:
         return soft
     return alpha * soft + (1.0 - alpha) * hard_label_ce(student_logits, labels, label_smoothing)

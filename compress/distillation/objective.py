@@ -19,7 +19,8 @@ from ..distributed import World, unwrap
 from ..errors import CompressError, foreign_errors
 from ..loop import accuracy
 from ..modelspec import count_macs, count_params
-from .losses import distillation_loss, hint_loss
+from .adversarial import evaluating, input_bounds, robustness, training_attack
+from .losses import distillation_loss, hint_loss, soft_loss
 from .teachers import Teacher, TeacherOutputs, capture_outputs, load_teacher, looks_like_probabilities
 
 if TYPE_CHECKING:
@@ -71,6 +72,10 @@ class DistillObjective:
         self.cache_mode = "off"
         self.cache_seconds = 0.0
         self.teacher_test_accuracy: float | None = None
+        # the network Fit trains (its best weights are loaded when metrics() measures its robustness)
+        self.student = student
+        self.attack = training_attack(config)  # --adversarial: None, FGSM or PGD
+        self.bounds = input_bounds(dataset.preprocessing, self.device)
 
     def _build_projections(self, student: torch.nn.Module) -> None:
         if not self.teacher.supports_hints:
@@ -162,7 +167,21 @@ class DistillObjective:
         for projection, (teacher_layer, student_layer) in zip(self.projections, self.hints):
             projected = project(projection, student_features[student_layer], teacher_features[teacher_layer])
             loss = loss + self.config.beta * hint_loss(projected, teacher_features[teacher_layer])
+        if self.attack is not None:
+            loss = loss + self.config.adv_weight * self._adversarial_term(model, x, teacher_logits)
         return loss, logits
+
+    def _adversarial_term(self, model, x: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """The soft term on ``x`` perturbed within ε to maximise it (Goldblum et al. 2020): the attack runs on the
+        network itself in eval mode (no batch-norm statistics updated, no gradient sync), the term through
+        ``model`` in training mode like the clean one."""
+
+        def divergence(logits: torch.Tensor) -> torch.Tensor:
+            return soft_loss(logits, teacher_logits, self.config.temperature, self.config.loss)
+
+        with evaluating(unwrap(model)) as student:
+            x_adv = self.attack(student, x, divergence, self.bounds)
+        return divergence(model(x_adv))
 
     def parameters(self):
         return list(self.projections.parameters())
@@ -172,6 +191,9 @@ class DistillObjective:
 
     def load_state_dict(self, state):
         self.projections.load_state_dict(state["projections"])
+
+    def end_epoch(self, record, x_val, y_val) -> None:
+        pass
 
     def inputs(self) -> list[tuple[str, Path]]:
         return [("teacher", self.teacher.path)]
@@ -183,7 +205,17 @@ class DistillObjective:
             "teacher_outputs": self.teacher.outputs,
             "teacher_cache": self.cache_mode,
             "teacher_cache_s": round(self.cache_seconds, 3),
+            **self._robustness(),
         }
+
+    def _robustness(self) -> dict[str, Any]:
+        """``robustness``: test accuracy clean and under each ``--eval-attack``, when asked for."""
+        if not self.config.eval_attack:
+            return {}
+        started = time.perf_counter()
+        records = robustness(self.config, self.student, self.teacher, self.dataset, self.world)
+        log(f"robustness measured in {time.perf_counter() - started:.1f}s")
+        return {"robustness": records}
 
     def finish(self) -> None:
         if self.cache is not None:

@@ -69,6 +69,13 @@ class Stage:
     folders: tuple[str, ...] = ()  # the fields of ``writes`` that name a folder, not a file
     preflight: Callable[[Any], None] | None = None  # checks of the machine, before any stage of a run starts
     distributed: bool = False  # trains in parallel when torchrun starts several processes
+    # (reads, writes) of one config, where a setting turns an input into an output (distill --online writes
+    # the teacher it would otherwise read); ``reads``/``writes`` then list every field that may name a file
+    io: Callable[[Any], tuple[tuple[str, ...], tuple[str, ...]]] | None = None
+
+    def files(self, config: StageConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The fields naming the files ``config`` reads, and those naming what it writes."""
+        return self.io(config) if self.io is not None else (self.reads, self.writes)
 
     def check(self, config: StageConfig) -> None:
         """What can be known before running: the outputs are writable and distinct from the inputs
@@ -77,8 +84,9 @@ class Stage:
             from ..launch import refuse_if_launched
 
             refuse_if_launched(self.name)
-        outputs = paths_of(config, self.writes)
-        check_outputs(outputs, paths_of(config, self.reads), self.folders)
+        reads, writes = self.files(config)
+        outputs = paths_of(config, writes)
+        check_outputs(outputs, paths_of(config, reads), self.folders)
         if self.resumable and resume_path(outputs["out"]).is_dir():
             state = resume_path(outputs["out"])
             raise CompressError(f"cannot keep the resume state {state}: a folder is in the way; remove it")

@@ -49,6 +49,9 @@ class PruneConfig(DistillConfig):
     out: str = Field(description="Pruned checkpoint to write (.pt); its manifest goes beside it (.pt.json).")
     data: str | None = Field(None, description=f"Data for the recovery (default: the checkpoint's): {DATA_HELP}.")
     teacher: str | None = Field(None, description="Teacher for the recovery (default: the unpruned model itself).")
+    # the recovery distils from a trained teacher: none is trained beside it
+    online: Annotated[bool, Cli(hidden=True)] = False
+    teacher_model_args: Annotated[dict[str, Any], Cli(hidden=True)] = Field(default_factory=dict)
     amount: float | None = Field(
         None, gt=0, lt=1, description="Fraction of each prunable layer's channels to remove (0-1)."
     )

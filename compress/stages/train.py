@@ -97,7 +97,8 @@ def fit_summary(manifest: dict[str, Any]) -> list[str]:
         f"{manifest['size_bytes'] / 1024:.1f} KiB, trained in {metrics['train_time_s']:.1f}s"
     ]
     if metrics.get("teacher_test_accuracy") is not None:
-        lines.append(f"teacher: test accuracy {100 * metrics['teacher_test_accuracy']:.2f}%")
+        online = " (trained beside the student)" if metrics.get("teacher_kind") == "online" else ""
+        lines.append(f"teacher{online}: test accuracy {100 * metrics['teacher_test_accuracy']:.2f}%")
     return lines
 
 
