@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from sklearn.datasets import load_digits
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # one worker per core (make test: pytest -n auto): a worker that also spread PyTorch's
@@ -26,3 +27,13 @@ def wide_npz(tmp_path):
         y_test=np.arange(10),
     )
     return path
+
+
+@pytest.fixture
+def digits_npz(tmp_path):
+    """Digits with a training split the global batch divides (no sampler padding, equal slices)."""
+    x, y = load_digits(return_X_y=True)
+    x = (x.reshape(-1, 1, 8, 8) * 16).clip(0, 255).astype(np.uint8)
+    path = tmp_path / "digits.npz"
+    np.savez(path, x_train=x[:1024], y_train=y[:1024], x_test=x[1024:1536], y_test=y[1024:1536])
+    return f"npz:{path}"

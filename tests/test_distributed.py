@@ -9,11 +9,9 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from sklearn.datasets import load_digits
 
 import compress
 from compress.artifacts import load_checkpoint, resume_path
@@ -23,16 +21,6 @@ from compress.loop import Fit
 
 WORLD = 2
 DEADLINE_S = 120
-
-
-@pytest.fixture
-def digits_npz(tmp_path):
-    """Digits with a training split that the global batch divides (no sampler padding, equal slices)."""
-    x, y = load_digits(return_X_y=True)
-    x = (x.reshape(-1, 1, 8, 8) * 16).clip(0, 255).astype(np.uint8)
-    path = tmp_path / "digits.npz"
-    np.savez(path, x_train=x[:1024], y_train=y[:1024], x_test=x[1024:1536], y_test=y[1024:1536])
-    return f"npz:{path}"
 
 
 def _free_port() -> int:

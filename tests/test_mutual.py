@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from test_cli import run_cli
 from test_train_distill import assert_same_weights, interrupt_after, weights
 
@@ -253,16 +252,6 @@ def test_a_recipe_refuses_online_in_its_student_table(tmp_path, monkeypatch, cap
     assert status == 2 and len(err.strip().splitlines()) == 1
     assert "line 2: [student] online is for compress distill --online, which trains its own teacher" in err, err
     assert not (tmp_path / "runs").exists()
-
-
-@pytest.fixture
-def digits_npz(tmp_path):
-    """Digits with a training split the global batch divides (no sampler padding, equal slices)."""
-    x, y = load_digits(return_X_y=True)
-    x = (x.reshape(-1, 1, 8, 8) * 16).clip(0, 255).astype(np.uint8)
-    path = tmp_path / "digits.npz"
-    np.savez(path, x_train=x[:1024], y_train=y[:1024], x_test=x[1024:1536], y_test=y[1024:1536])
-    return f"npz:{path}"
 
 
 @pytest.mark.slow
