@@ -99,11 +99,11 @@ def test_probabilities_are_told_apart_from_logits():
 def test_probabilities_become_logits_that_give_them_back(teachers):
     logits = torch.randn(8, 10) * 5
     teacher = Teacher(teachers["softmax.onnx"], "onnx", outputs="probs")
-    converted = teacher._as_logits(logits.softmax(dim=1))
+    converted = teacher.as_logits(logits.softmax(dim=1))
     torch.testing.assert_close(converted.softmax(dim=1), logits.softmax(dim=1), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(converted.mean(dim=1), torch.zeros(8), atol=1e-5, rtol=0)
     # a softmax that underflowed to 0 gives a finite logit
-    assert torch.isfinite(teacher._as_logits(torch.tensor([[1.0, 0.0]]))).all()
+    assert torch.isfinite(teacher.as_logits(torch.tensor([[1.0, 0.0]]))).all()
 
 
 @pytest.mark.parametrize("kind", ["onnx", "ts"])

@@ -72,9 +72,9 @@ def _gradient(forward: Forward, x: torch.Tensor, objective: Objective) -> torch.
 
 def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, bounds: Bounds | None) -> torch.Tensor:
     """``x_adv`` brought back into the ε ball around ``x``, then into ``bounds``."""
-    x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps)
+    x_adv = x_adv.clamp(x - eps, x + eps)
     if bounds is not None:
-        x_adv = torch.minimum(torch.maximum(x_adv, bounds[0]), bounds[1])
+        x_adv = x_adv.clamp(*bounds)
     return x_adv.detach()
 
 
@@ -175,7 +175,7 @@ def teacher_forward(teacher: Teacher) -> tuple[Forward | None, str | None]:
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         # probabilities become log-probabilities, as for distillation (teacher.outputs == "probs")
-        return teacher._as_logits(module(x.to(teacher.device)).float().to(x.device))
+        return teacher.as_logits(module(x.to(teacher.device)).float().to(x.device))
 
     return forward, None
 

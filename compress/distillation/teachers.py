@@ -71,13 +71,14 @@ class Teacher:
 
     def _infer(self, x: torch.Tensor, hint_layers: tuple[str, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.onnx_session is not None:
-            return self._as_logits(self._run_onnx(x)), {}
+            return self.as_logits(self._run_onnx(x)), {}
         features: dict[str, torch.Tensor] = {}
         with capture_outputs(self.module, hint_layers, features):
             logits = self.module(x.to(self.device))
-        return self._as_logits(logits.float().to(x.device)), {k: v.float().to(x.device) for k, v in features.items()}
+        return self.as_logits(logits.float().to(x.device)), {k: v.float().to(x.device) for k, v in features.items()}
 
-    def _as_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+    def as_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The teacher's raw outputs as distillation uses them: log-probabilities when it outputs probabilities."""
         if self.outputs != "probs":
             return outputs
         log_p = torch.log(outputs.clamp_min(PROB_FLOOR))
