@@ -27,7 +27,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from .errors import CompressError, foreign_errors
-from .manifest import MANIFEST_FORMAT, future_format, to_dict, validate
+from .manifest import MANIFEST_FORMAT, TaskRecord, future_format, to_dict, validate
 from .typed_files import problem_line
 
 try:
@@ -464,4 +464,5 @@ class CheckpointHead(BaseModel):
         list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=8), AfterValidator(_bounded_shape)
     ]
     num_classes: int = Field(ge=1, le=1_000_000)
+    task: Annotated[TaskRecord, Field(strict=False)] | None = None  # None: a classifier
     state_dict: Annotated[dict[str, Any], AfterValidator(_tensors)]

@@ -19,11 +19,11 @@ from torch.utils.data import DistributedSampler
 
 from .artifacts import atomic_path, input_record, new_manifest, resume_path, save_checkpoint
 from .data import Dataset
-from .distillation.losses import hard_label_ce
 from .distributed import SINGLE, World, average_gradients, join, wrap
 from .errors import CompressError, foreign_errors
 from .modelspec import canonical_spec, count_macs, count_params
 from .progress import step_bar
+from .tasks import Task
 
 RESUME_FORMAT = "compress-resume/1"
 # Config fields that may differ between an interrupted run and its resumption.
@@ -90,6 +90,49 @@ def accuracy(
     return correct / len(x)
 
 
+@torch.no_grad()
+def predictions(predict, x: torch.Tensor, batch_size: int = 1024, world: World = SINGLE, device=None) -> torch.Tensor:
+    """The outputs of ``predict`` (a module, run in eval mode, or any callable) for every sample of ``x``, float32
+    on the CPU. Across several processes each computes its block and every process gets the whole."""
+    module = predict if isinstance(predict, torch.nn.Module) else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    block = world.block(len(x))
+    outputs = [
+        predict(x[start : min(start + batch_size, block.stop)].to(device or x.device, non_blocking=True)).float()
+        for start in range(block.start, block.stop, batch_size)
+    ]
+    if module is not None:
+        module.train(was_training)
+    mine = torch.cat(outputs) if outputs else torch.zeros((0, *_output_shape(predict, x, device)))
+    return world.gather_rows(mine.to(world.device), len(x)).cpu()
+
+
+def _output_shape(predict, x: torch.Tensor, device) -> tuple[int, ...]:
+    """The per-sample output shape (for a rank whose block is empty)."""
+    module = predict if isinstance(predict, torch.nn.Module) else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    shape = tuple(predict(x[:1].to(device or x.device)).shape[1:])
+    if module is not None:
+        module.train(was_training)
+    return shape
+
+
+def evaluate(predict, x: torch.Tensor, y, dataset: Dataset, world: World = SINGLE, device=None) -> dict[str, Any]:
+    """Every metric of ``dataset``'s task for ``predict`` on ``x`` against the targets ``y`` (as the dataset holds
+    them), in the targets' units; None for each when there are no samples (e.g. no validation split)."""
+    task = dataset.task
+    if len(x) == 0:
+        return dict.fromkeys(task.metrics)
+    outputs = predictions(predict, x, world=world, device=device).numpy()
+    y = y.cpu().numpy() if isinstance(y, torch.Tensor) else y
+    found = task.measure(dataset.in_units(outputs), dataset.in_units(y))
+    return {name: None if value is None or math.isnan(value) else value for name, value in found.items()}
+
+
 def random_shift(x: torch.Tensor, max_shift: int, fill: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Shift each image by up to ``max_shift`` pixels in x and y, filling with ``fill`` (per channel)."""
     n, c, h, w = x.shape
@@ -125,17 +168,17 @@ def make_schedule(config, optimizer, total_steps: int):
 
 
 class LabelObjective:
-    """Cross-entropy with the true labels (optionally smoothed)."""
+    """The task's loss with the true targets: cross-entropy (optionally smoothed), binary cross-entropy or MSE."""
 
-    def __init__(self, label_smoothing: float):
-        self.label_smoothing = label_smoothing
+    def __init__(self, label_smoothing: float, task: Task):
+        self.label_smoothing, self.task = label_smoothing, task
 
     def prepare(self, x_train: torch.Tensor) -> None:
         pass
 
     def loss(self, model, x, y, indices, augmented):
-        logits = model(x)
-        return hard_label_ce(logits, y, self.label_smoothing), logits
+        outputs = model(x)
+        return self.task.hard_loss(outputs, y, self.label_smoothing), outputs
 
     def parameters(self):
         return []
@@ -198,7 +241,7 @@ class Fit:
             # background = a raw 0 pixel after normalisation
             self.fill = torch.tensor([-m / s for m, s in zip(prep.mean, prep.std)], dtype=torch.float32, device=device)
         self.epoch = 0
-        self.best_val = -1.0
+        self.best_val = -math.inf  # the best validation score (``Task.score``: larger is better)
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
@@ -326,6 +369,7 @@ class Fit:
         generator = torch.Generator().manual_seed((config.seed * 100_003 + self.epoch) * world.size + world.rank)
         self.model.train()
         loss_sum, correct, seen = 0.0, 0, 0
+        classifying = self.dataset.task.name == "classification"  # a running accuracy is shown and recorded
         bar = step_bar(self.steps_per_epoch, f"epoch {self.epoch + 1}/{config.epochs}", shown=world.main)
         for step in range(self.steps_per_epoch):
             batch = slice(step * self.batch_per_process, (step + 1) * self.batch_per_process)
@@ -351,19 +395,24 @@ class Fit:
             self.schedule.step()
             real = counted[batch].to(self.device)
             loss_sum += loss.item() * int(real.sum())
-            correct += ((logits.argmax(1) == y) & real).sum().item()
+            if classifying:
+                correct += ((logits.argmax(1) == y) & real).sum().item()
             seen += int(real.sum())
             bar.update()
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}%", refresh=False)
+            shown = {"acc": f"{100 * correct / seen:.2f}%"} if classifying else {}
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", **shown, refresh=False)
         bar.close()
         loss_sum, correct, seen = world.sum([loss_sum, correct, seen])
-        val = accuracy(self.module, self.x_val, self.y_val, world=world, device=self.device)
+        task = self.dataset.task
+        val_metrics = evaluate(self.module, self.x_val, self.y_val, self.dataset, world, self.device)
+        val = task.score(val_metrics)  # larger is better; NaN without a validation split
         self.epoch += 1
         record = {
             "epoch": self.epoch,
             "loss": loss_sum / seen,
-            "train_accuracy": correct / seen,
-            "val_accuracy": None if math.isnan(val) else val,  # NaN without a validation split: not JSON
+            "train_accuracy": correct / seen if classifying else None,
+            "val_accuracy": val_metrics.get("accuracy"),
+            "val_metrics": val_metrics,
             "lr": self.schedule.get_last_lr()[0],
             "seconds": time.perf_counter() - epoch_started,
         }
@@ -373,10 +422,10 @@ class Fit:
         if math.isnan(val) or val > self.best_val:
             self.best_val, self.best_epoch = val, self.epoch
             self.best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
-        val_text = "n/a" if math.isnan(val) else f"{100 * val:.2f}%"
+        train_text = f"train {100 * record['train_accuracy']:.2f}%  " if classifying else ""
+        val_text = task.describe(val_metrics) if not math.isnan(val) else "n/a"
         log(
-            f"epoch {self.epoch}/{config.epochs}  loss {record['loss']:.4f}  "
-            f"train {100 * record['train_accuracy']:.2f}%  val {val_text}  "
+            f"epoch {self.epoch}/{config.epochs}  loss {record['loss']:.4f}  {train_text}val {val_text}  "
             f"{record['seconds']:.1f}s"
         )
 
@@ -396,9 +445,10 @@ class Fit:
         dataset = self.dataset
         self.module.load_state_dict(self.best_state)
         x_test, y_test = self._placed(dataset.x_test), self._placed(dataset.y_test)
-        test_accuracy = accuracy(self.module, x_test, y_test, world=self.world, device=self.device)
+        test_metrics = evaluate(self.module, x_test, y_test, dataset, self.world, self.device)
+        val_metrics = self.history[self.best_epoch - 1]["val_metrics"] if self.best_epoch else None
         metrics = training_metrics(
-            self.module, dataset, test_accuracy, self.best_val, self.best_epoch, self.history, train_time
+            self.module, dataset, test_metrics, val_metrics, self.best_epoch, self.history, train_time
         )
         metrics.update(self.objective.metrics())
         self.objective.finish()
@@ -425,20 +475,28 @@ class Fit:
 def training_metrics(
     module: torch.nn.Module,
     dataset: Dataset,
-    test_accuracy: float,
-    best_val: float,
+    test_metrics: dict[str, Any],
+    val_metrics: dict[str, Any] | None,
     best_epoch: int,
     history: list[dict[str, Any]],
     train_time: float,
 ) -> dict[str, Any]:
-    """The figures of a trained network's manifest: its test accuracy, its best epoch on the validation
-    split (NaN without one), its size, the run's time and its per-epoch ``history``."""
+    """The figures of a trained network's manifest: its task's metrics on the test split and on the validation
+    split at its best epoch (None without one), for a classifier its test accuracy and errors, its size, the
+    run's time and its per-epoch ``history``."""
     params = count_params(module)
     epoch_seconds = sum(r["seconds"] for r in history)
+    val_metrics = val_metrics if val_metrics and any(v is not None for v in val_metrics.values()) else None
+    found: dict[str, Any] = {"test_metrics": test_metrics, "val_metrics": val_metrics}
+    if dataset.task.name == "classification":
+        test_accuracy = test_metrics["accuracy"]
+        found.update(
+            test_accuracy=test_accuracy,
+            test_errors=int(round((1 - test_accuracy) * len(dataset.y_test))),
+            val_accuracy=(val_metrics or {}).get("accuracy"),
+        )
     return {
-        "test_accuracy": test_accuracy,
-        "test_errors": int(round((1 - test_accuracy) * len(dataset.y_test))),
-        "val_accuracy": None if math.isnan(best_val) else best_val,
+        **found,
         "best_epoch": best_epoch,
         "params": params,
         "train_time_s": round(train_time, 3),
@@ -469,6 +527,7 @@ def save_trained(
         "model_args": model_args,
         "in_shape": list(dataset.in_shape),
         "num_classes": dataset.num_classes,
+        "task": dataset.task_record(),
         "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
     }
     manifest = new_manifest(out, stage, config.model_dump(mode="json"))
@@ -487,10 +546,15 @@ def save_trained(
                 "dtype": "float32",
                 "dynamic_axes": {"0": "batch"},
             },
-            "output_spec": {"name": "logits", "shape": [None, dataset.num_classes], "dtype": "float32"},
+            "output_spec": {
+                "name": output_name(dataset.task),
+                "shape": [None, dataset.num_classes],
+                "dtype": "float32",
+            },
             "preprocessing": dataset.preprocessing.to_dict(),
             "labels": dataset.labels,
             "data": dataset.describe(),
+            "task": dataset.task_record(),
             "training": {
                 "device": world.device.type,
                 **world.describe(config.batch_size),
@@ -501,6 +565,11 @@ def save_trained(
     )
     save_checkpoint(out, checkpoint, manifest)
     return manifest
+
+
+def output_name(task: Task) -> str:
+    """What a network's output is called: logits of classes or labels, or regression predictions."""
+    return "predictions" if task.name == "regression" else "logits"
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:

@@ -105,13 +105,27 @@ class DataRecord(_Record):
     in_shape: list[Dim]
     val_fraction: Annotated[float, Field(ge=0, lt=1)]
     split_seed: int
+    task: Literal["classification", "multilabel", "regression"] | None = None
     sizes: SplitSizes
+
+
+class TaskRecord(_Record):
+    """What the outputs mean (``tasks.Task.record``); a PyTorch regression network's outputs are standardised
+    targets (``target_mean``/``target_std``), an exported model's are in the targets' units."""
+
+    kind: Literal["classification", "multilabel", "regression"]
+    metric: str
+    threshold: Annotated[float, Field(gt=0, lt=1)] | None = None
+    target_mean: list[Annotated[float, Field(allow_inf_nan=False)]] | None = None
+    target_std: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
 
 
 class Metrics(_Open):
     """What was measured of the artifact; the figures several stages share are typed."""
 
     test_accuracy: Fraction | None = None
+    test_metrics: dict[str, float | None] | None = None  # every metric of the task, on the test split
+    val_metrics: dict[str, float | None] | None = None
     test_errors: Count | None = None
     val_accuracy: Fraction | None = None
     best_epoch: Count | None = None
@@ -159,7 +173,7 @@ class ParityRecord(_Open):
     samples: Count
     max_abs_diff: float
     max_rel_diff: float
-    top1_agreement: Fraction
+    top1_agreement: Fraction | None  # classifiers only
     batches: list[dict[str, Any]]
 
 
@@ -208,6 +222,7 @@ class Manifest(_Record):
     preprocessing: PreprocessingRecord | None
     labels: list[str] | None
     data: DataRecord | None
+    task: TaskRecord | None = None  # None: a classifier (manifests from before tasks were recorded)
     source: SourceRecord | None = None
     onnx: OnnxRecord | None = None
     parity: ParityRecord | None = None

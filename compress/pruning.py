@@ -72,7 +72,7 @@ def prune_step(pruner, model: nn.Module, config: PruneConfig, dataset) -> None:
         model.zero_grad()
         x = torch.from_numpy(dataset.x_train[:256])
         y = torch.from_numpy(dataset.y_train[:256])
-        nn.functional.cross_entropy(model(x), y).backward()
+        dataset.task.hard_loss(model(x), y).backward()
     with foreign_errors("pruning failed", "nothing was written"):
         pruner.step()
     model.zero_grad(set_to_none=True)

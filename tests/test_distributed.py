@@ -184,7 +184,7 @@ def test_a_global_batch_that_does_not_divide_among_processes_is_refused(tmp_path
         dataset = load_dataset(digits_npz, 0.25, 0)
         model = build_model("mlp", dataset.in_shape, dataset.num_classes, {"hidden": [8]})
         config = TrainConfig(out=str(tmp_path / "m.pt"), batch_size=64)
-        Fit(config, "train", dataset, model, LabelObjective(0.0), world)
+        Fit(config, "train", dataset, model, LabelObjective(0.0, dataset.task), world)
 
 
 def test_a_broken_launch_environment_is_one_line(tmp_path, monkeypatch, capsys):

@@ -322,7 +322,7 @@ BAD = {
     "labels_not_per_sample": (
         "tokens",
         lambda folder: ["--data", token_data(folder / "d.npz", y=np.zeros(7, np.int64))],
-        "'y' must hold one non-negative class index per sample (200)",
+        "'y' has 7 rows but the inputs have 200 samples",
     ),
     "one_array_data_for_two_inputs": (
         "masked",

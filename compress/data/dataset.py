@@ -12,8 +12,9 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from ..errors import CompressError
+from ..tasks import CLASSIFICATION, TargetScaling, Task, infer_task, task_of
 from .preprocessing import Preprocessing
-from .sources import RawData, read_source
+from .sources import MAX_CLASSES, RawData, read_source
 
 MAX_VAL_FRACTION = 0.9
 logger = logging.getLogger(__name__)
@@ -21,7 +22,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Dataset:
-    """Preprocessed float32 splits of one data source, plus what identifies them."""
+    """Preprocessed float32 splits of one data source, plus what identifies them.
+
+    The targets ``y_*`` are what networks learn: class indices (int64), 0/1 label sets (float32, (N, K)) or
+    regression targets standardised by ``target_scaling`` (float32, (N, K))."""
 
     spec: str
     name: str
@@ -38,10 +42,21 @@ class Dataset:
     files: list[str]
     val_fraction: float
     split_seed: int
+    task: Task = CLASSIFICATION
+    target_scaling: TargetScaling | None = None  # regression: how the targets were standardised
 
     @property
     def num_classes(self) -> int:
+        """The width of a model's output: classes, labels or regression targets."""
         return len(self.labels)
+
+    def in_units(self, values: np.ndarray) -> np.ndarray:
+        """Targets or network outputs in the targets' own units (regression; others as they are)."""
+        return values if self.target_scaling is None else self.target_scaling.to_units(values)
+
+    def task_record(self) -> dict[str, Any]:
+        """The manifest's ``task`` record of a network trained on this data."""
+        return self.task.record(self.target_scaling)
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary for manifests."""
@@ -53,6 +68,7 @@ class Dataset:
             "in_shape": list(self.in_shape),
             "val_fraction": self.val_fraction,
             "split_seed": self.split_seed,
+            "task": self.task.name,
             "sizes": {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)},
         }
 
@@ -66,19 +82,28 @@ PREPROCESSING_HELP = (
 
 
 def load_dataset(
-    spec: str, val_fraction: float = 0.1, split_seed: int = 0, preprocessing: Preprocessing | str | None = None
+    spec: str,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    preprocessing: Preprocessing | str | None = None,
+    task: str | None = None,
+    target_scaling: TargetScaling | None = None,
 ) -> Dataset:
     """Load ``spec`` and normalise it.
 
     ``preprocessing``: a :class:`Preprocessing` to reuse, or ``None``/``"fit"`` to fit mean and
     std on the training split, ``"scale"`` for the source's scale alone (e.g. pixels to [0, 1]),
-    ``"raw"`` for the values as stored.
+    ``"raw"`` for the values as stored. ``task``: what the targets are (``--task``; None: what the source
+    says, else inferred from the targets). ``target_scaling``: for regression, the standardisation a network
+    was trained with (None: fitted on the training split).
     """
     _check_split_args(val_fraction, split_seed)
     raw = read_source(spec)
-    _check_raw(raw, spec)
+    chosen_task = infer_task(raw.y_train, task or raw.task, f"{spec} (y_train)")
+    infer_task(raw.y_test, chosen_task.name, f"{spec} (y_test)")
+    labels, y_train, y_test = _targets(raw, chosen_task, spec)
     in_shape = tuple(int(d) for d in raw.x_train.shape[1:])
-    train_idx, val_idx = split_indices(len(raw.y_train), val_fraction, split_seed)
+    train_idx, val_idx = split_indices(len(y_train), val_fraction, split_seed)
     x_train = raw.x_train[train_idx]
     if preprocessing is None or preprocessing == "fit":
         preprocessing = Preprocessing.fit(x_train, raw.scale, raw.layout)
@@ -95,23 +120,68 @@ def load_dataset(
         raise CompressError(
             f"unknown preprocessing {preprocessing!r}; use one of {', '.join(get_args(PreprocessingChoice))}"
         )
+    if chosen_task.name == "regression":
+        if target_scaling is None:
+            target_scaling = TargetScaling.fit(y_train[train_idx])
+        elif len(target_scaling.mean) != y_train.shape[1]:
+            raise CompressError(
+                f"{spec} has {y_train.shape[1]} regression targets but the model was trained on "
+                f"{len(target_scaling.mean)}; use the data it was trained on"
+            )
+        y_train, y_test = target_scaling.standardise(y_train), target_scaling.standardise(y_test)
+    else:
+        target_scaling = None
     return Dataset(
         spec=spec,
         name=raw.name,
-        labels=list(raw.labels),
+        labels=labels,
         in_shape=in_shape,
         preprocessing=preprocessing,
         x_train=preprocessing.apply(x_train),
-        y_train=raw.y_train[train_idx],
+        y_train=y_train[train_idx],
         x_val=preprocessing.apply(raw.x_train[val_idx]),
-        y_val=raw.y_train[val_idx],
+        y_val=y_train[val_idx],
         x_test=preprocessing.apply(raw.x_test),
-        y_test=raw.y_test,
+        y_test=y_test,
         fingerprint=fingerprint(raw),
         files=list(raw.files),
         val_fraction=float(val_fraction),
         split_seed=int(split_seed),
+        task=chosen_task,
+        target_scaling=target_scaling,
     )
+
+
+def _targets(raw: RawData, task: Task, spec: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The names of the classes, labels or targets, and the train and test targets as ``task`` learns them."""
+    for split, y in (("train", raw.y_train), ("test", raw.y_test)):
+        if len(y) == 0:
+            raise CompressError(f"{spec}: the {split} set has no samples; provide at least one")
+    if task.name == "classification":
+        for split, y in (("train", raw.y_train), ("test", raw.y_test)):
+            # checked before the cast, which would wrap values beyond int64
+            if y.max() >= MAX_CLASSES:
+                raise CompressError(
+                    f"{spec}: y_{split} holds label {int(y.max())}, beyond the {MAX_CLASSES} classes compress "
+                    "supports; labels must be class indices 0..K-1 (K = number of classes)"
+                )
+        y_train, y_test = raw.y_train.astype(np.int64), raw.y_test.astype(np.int64)
+        labels = raw.labels
+        if labels is None:
+            labels = [str(i) for i in range(int(max(y_train.max(), y_test.max())) + 1)]
+        _check_labels(y_train, y_test, len(labels), spec)
+        return list(labels), y_train, y_test
+    y_train, y_test = (np.asarray(y, dtype=np.float32).reshape(len(y), -1) for y in (raw.y_train, raw.y_test))
+    width = y_train.shape[1]
+    names = raw.names or raw.labels
+    if names is not None and len(names) != width:
+        raise CompressError(
+            f"{spec} names {len(names)} {'labels' if task.name == 'multilabel' else 'targets'} but its targets have "
+            f"{width} columns; give one name per column"
+        )
+    if names is None:
+        names = ["target"] if task.name == "regression" and width == 1 else [str(i) for i in range(width)]
+    return list(names), y_train, y_test
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -152,12 +222,9 @@ def _check_split_args(val_fraction: float, split_seed: int) -> None:
         raise CompressError(f"split seed must be a non-negative integer, got {split_seed!r}; use e.g. 0")
 
 
-def _check_raw(raw: RawData, spec: str) -> None:
-    """Every split non-empty and every label a valid class index."""
-    num_classes = len(raw.labels)
-    for split, y in (("train", raw.y_train), ("test", raw.y_test)):
-        if len(y) == 0:
-            raise CompressError(f"{spec}: the {split} set has no samples; provide at least one")
+def _check_labels(y_train: np.ndarray, y_test: np.ndarray, num_classes: int, spec: str) -> None:
+    """Every label a valid class index."""
+    for split, y in (("train", y_train), ("test", y_test)):
         bad = y[(y < 0) | (y >= num_classes)]
         if len(bad):
             raise CompressError(
@@ -203,11 +270,13 @@ def load_dataset_for(
     else:
         chosen = preprocessing
     val_fraction, split_seed = recorded.get("val_fraction", 0.1), recorded.get("split_seed", 0)
-    key = (spec, val_fraction, split_seed, repr(chosen))
+    task = task_of(manifest).name if manifest else None
+    scaling = TargetScaling.from_record((manifest or {}).get("task"))
+    key = (spec, val_fraction, split_seed, repr(chosen), task, scaling)
     if cache is not None and key in cache:
         return cache[key]
     try:
-        dataset = load_dataset(spec, val_fraction=val_fraction, split_seed=split_seed, preprocessing=chosen)
+        dataset = load_dataset(spec, val_fraction, split_seed, chosen, task, scaling)
     except CompressError as exc:
         if data is None:  # the source recorded in the manifest: it may have moved
             raise CompressError(

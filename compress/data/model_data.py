@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import CompressError
 from ..feeds import Samples, for_inputs, signature_record, synthetic
+from ..tasks import CLASSIFICATION, Task, infer_task, task_of
 from .dataset import Dataset, fingerprint_arrays, load_dataset_for, split_indices
 from .sources import load_npz, npz_members
 
@@ -34,7 +35,9 @@ CLASS_NAMES_KEY = "labels"
 @dataclass
 class ModelData:
     """Samples for one model: calibration (``train``), held-out (``val``, may be None) and ``test``
-    splits, labels where known (None: accuracy cannot be measured)."""
+    splits, targets where known (None: accuracy cannot be measured) as the ONNX model's outputs are
+    compared with them (class indices, 0/1 label sets, regression targets in their own units), and the
+    ``task`` that says how."""
 
     kind: Literal["dataset", "arrays", "synthetic"]
     spec: str | None
@@ -45,6 +48,7 @@ class ModelData:
     y_test: np.ndarray | None
     labels: list[str] | None
     fingerprint: str
+    task: Task = CLASSIFICATION
     dataset: Dataset | None = None  # for kind "dataset": what manifests record
     inputs: list[dict[str, Any]] | None = None  # for kind "synthetic": how the values were drawn
 
@@ -81,6 +85,7 @@ def load_model_data(
             labels=None,
             fingerprint=f"synthetic/{seed}/{sorted(shapes.items())}/{sorted(ranges.items())}",
             inputs=signature_record(model.inputs, ranges),
+            task=task_of(manifest),
         )
     members = set(npz_members(Path(spec.removeprefix("npz:")))) if spec.startswith("npz:") else set()
     if members & {i.name for i in model.inputs} and "x_train" not in members:  # not a data source's x_train...
@@ -88,7 +93,7 @@ def load_model_data(
             logger.info(
                 "%s: arrays named after the model's inputs are fed as stored; --preprocessing is not used", spec
             )
-        return _from_arrays(spec, members, model, seed)
+        return _from_arrays(spec, members, model, seed, manifest)
     if len(model.inputs) != 1 or model.inputs[0].batch_axis is None:
         raise CompressError(
             f"{model.name} takes {len(model.inputs)} inputs ({model.signature()}), but {spec} gives one array per "
@@ -106,16 +111,17 @@ def load_model_data(
         spec=dataset.spec,
         train=samples(dataset.x_train),
         val=samples(dataset.x_val) if len(dataset.y_val) else None,
-        y_val=dataset.y_val if len(dataset.y_val) else None,
+        y_val=dataset.in_units(dataset.y_val) if len(dataset.y_val) else None,
         test=samples(dataset.x_test),
-        y_test=dataset.y_test,
+        y_test=dataset.in_units(dataset.y_test),
         labels=dataset.labels,
         fingerprint=dataset.fingerprint,
+        task=dataset.task,
         dataset=dataset,
     )
 
 
-def _from_arrays(spec: str, members: set[str], model, seed: int) -> ModelData:
+def _from_arrays(spec: str, members: set[str], model, seed: int, manifest: dict | None) -> ModelData:
     """The arrays of an npz archive whose ``members`` are named after the model's inputs."""
     path = Path(spec.removeprefix("npz:"))
     names = tuple(i.name for i in model.inputs)
@@ -125,12 +131,13 @@ def _from_arrays(spec: str, members: set[str], model, seed: int) -> ModelData:
     n = len(samples)
     if not samples.arrays or n == 0:
         raise CompressError(f"{spec} holds no samples for the batched inputs of {model.name}; give at least one")
-    y = _labels(arrays.get(LABELS_KEY), n, spec)
+    recorded = task_of(manifest).name if (manifest or {}).get("task") else None
+    y, task = _targets(arrays.get(LABELS_KEY), n, spec, recorded)
     classes = arrays.get(CLASS_NAMES_KEY)
     labels = [str(v) for v in classes.reshape(-1).tolist()] if classes is not None else None
     if y is not None and labels is None:
-        labels = [str(i) for i in range(int(y.max()) + 1)]
-    if y is not None and labels is not None and y.max() >= len(labels):
+        labels = [str(i) for i in range(int(y.max()) + 1 if task is CLASSIFICATION else y.shape[1])]
+    if y is not None and task is CLASSIFICATION and y.max() >= len(labels):
         raise CompressError(f"{spec}: label {int(y.max())} is out of range for the {len(labels)} names in 'labels'")
     calibrate, held_out = split_indices(n, HELD_OUT_FRACTION, seed) if n > 1 else (np.arange(1), np.arange(1))
     return ModelData(
@@ -143,15 +150,23 @@ def _from_arrays(spec: str, members: set[str], model, seed: int) -> ModelData:
         y_test=y,
         labels=labels,
         fingerprint=fingerprint_arrays([*samples.arrays.values(), *samples.constants.values()]),
+        task=task,
     )
 
 
-def _labels(y: np.ndarray | None, n: int, spec: str) -> np.ndarray | None:
+def _targets(y: np.ndarray | None, n: int, spec: str, recorded: str | None) -> tuple[np.ndarray | None, Task]:
+    """The targets ``y`` (one row per sample) and their task: the one the model's manifest records, else inferred
+    (as for a data source); without targets, the recorded task or classification."""
     if y is None:
-        return None
-    if y.ndim != 1 or len(y) != n or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-        raise CompressError(
-            f"{spec}: {LABELS_KEY!r} must hold one non-negative class index per sample ({n}), got "
-            f"{y.dtype} of shape {list(y.shape)}"
-        )
-    return y.astype(np.int64)
+        return None, task_of({"task": {"kind": recorded}} if recorded else None)
+    if len(y) != n:
+        raise CompressError(f"{spec}: {LABELS_KEY!r} has {len(y)} rows but the inputs have {n} samples; give one each")
+    task = infer_task(y, recorded, f"{spec} ({LABELS_KEY!r})")
+    if task is CLASSIFICATION:
+        if y.ndim != 1 or (len(y) and y.min() < 0):
+            raise CompressError(
+                f"{spec}: {LABELS_KEY!r} must hold one non-negative class index per sample ({n}), got "
+                f"{y.dtype} of shape {list(y.shape)}"
+            )
+        return y.astype(np.int64), task
+    return np.asarray(y, dtype=np.float32).reshape(n, -1), task

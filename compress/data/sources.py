@@ -21,11 +21,14 @@ from ..errors import CompressError, first_line
 from ..hardware import memory_bytes
 
 DATA_SOURCES_HELP = (
-    "Data sources: 'digits' (scikit-learn's bundled 8x8 digits, no download); "
+    "Data sources: 'digits' (scikit-learn's bundled 8x8 digits, no download); 'diabetes' (scikit-learn's bundled "
+    "diabetes regression set); "
     "'mnist:DIR' or 'fashion-mnist:DIR' (the four IDX files train-images-idx3-ubyte, "
     "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, raw or .gz); "
-    "'npz:FILE' (arrays x_train, y_train, x_test, y_test of shape (N,H,W), (N,C,H,W) or (N,F), "
-    "and optionally labels); 'folder:DIR' (images in DIR/train/<class>/ and DIR/test/<class>/, all of one size), "
+    "'npz:FILE' (arrays x_train, y_train, x_test, y_test: x of shape (N,H,W), (N,C,H,W) or (N,F); y (N,) class "
+    "indices or floats, or (N,K) 0/1 label sets or floats; optionally labels, the names of classes, labels or "
+    "targets); 'csv:FILE' or 'tsv:FILE' (a header row, numeric columns; ?target=COLUMN[,COLUMN...] names the "
+    "targets, default the last column, &test=FILE a test file, default a fixed fifth of the rows); 'folder:DIR' (images in DIR/train/<class>/ and DIR/test/<class>/, all of one size), "
     "with options after a '?' joined by '&': size=WxH brings every image to W x H keeping its aspect (scaled to "
     "cover, centre-cropped; fit=pad or fit=stretch otherwise) and channels=rgb|bgr|gray sets the channel order "
     "(default rgb, gray when every image is), e.g. folder:DIR?size=224x224&channels=bgr."
@@ -68,16 +71,19 @@ _FOLDER_OPTIONS_HELP = "size=WxH, fit=crop|pad|stretch (with size), channels=rgb
 
 @dataclass
 class RawData:
-    """What a source yields: raw x (N, *in_shape), int64 y, class names, and how to scale x."""
+    """What a source yields: raw x (N, *in_shape), targets y ((N,) or (N, K)), the names of the classes, labels or
+    targets (None: numbered once the task is known), and how to scale x."""
 
     name: str
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    labels: list[str]
+    labels: list[str] | None
     scale: float
     files: list[str]
+    task: str | None = None  # what the source knows its targets are; None: inferred from them
+    names: list[str] | None = None  # a table's target columns: the names of labels or targets
 
     @property
     def layout(self) -> str:
@@ -167,23 +173,27 @@ def _split_folder_options(location: str) -> tuple[str, FolderOptions]:
 def read_source(spec: str) -> RawData:
     """Parse a ``--data`` string and read the source it names."""
     name, sep, location = spec.partition(":")
-    if name == "digits":
+    if name in _BUILT_IN:
         if sep:
-            raise CompressError(f"data source 'digits' takes no path (got {spec!r}); use just --data digits")
-        return _read_digits()
+            raise CompressError(f"data source {name!r} takes no path (got {spec!r}); use just --data {name}")
+        return _BUILT_IN[name]()
     if name not in _PATH_READERS:
         raise CompressError(
             f"unknown data source {name!r} in {spec!r}; valid forms are "
-            "digits, mnist:DIR, fashion-mnist:DIR, npz:FILE, folder:DIR"
+            "digits, diabetes, mnist:DIR, fashion-mnist:DIR, npz:FILE, csv:FILE, tsv:FILE, folder:DIR"
         )
     options = None
     if name == "folder":
         location, options = _split_folder_options(location)
+    elif name in ("csv", "tsv"):
+        location, table = _split_table_options(location)
     if not location:
-        kind = "FILE" if name == "npz" else "DIR"
+        kind = "DIR" if name in ("mnist", "fashion-mnist", "folder") else "FILE"
         raise CompressError(f"data source {name!r} needs a path; use {name}:{kind}")
     if options is not None:
         return _read_folder(name, Path(location).expanduser().resolve(), options)
+    if name in ("csv", "tsv"):
+        return _read_table(name, Path(location).expanduser().resolve(), table)
     return _PATH_READERS[name](name, Path(location).expanduser().resolve())
 
 
@@ -196,6 +206,20 @@ def _read_digits() -> RawData:
     test = _stratified_mask(y, DIGITS_TEST_FRACTION, DIGITS_TEST_SEED)
     return RawData(
         "digits", x[~test], y[~test], x[test], y[test], labels=[str(i) for i in range(10)], scale=1 / 16, files=[]
+    )
+
+
+def _read_diabetes() -> RawData:
+    """scikit-learn's bundled diabetes set: 10 standardised features, disease progression a year later."""
+    from sklearn.datasets import load_diabetes
+
+    diabetes = load_diabetes()
+    x = diabetes.data.astype(np.float32)
+    y = diabetes.target.astype(np.float32)
+    test = np.zeros(len(y), dtype=bool)
+    test[np.random.default_rng(DIGITS_TEST_SEED).permutation(len(y))[: round(DIGITS_TEST_FRACTION * len(y))]] = True
+    return RawData(
+        "diabetes", x[~test], y[~test], x[test], y[test], labels=["progression"], scale=1.0, files=[], task="regression"
     )
 
 
@@ -321,6 +345,12 @@ def _read_npz(name: str, path: Path) -> RawData:
             f"{path}: x_train samples have shape {x_train.shape[1:]} but x_test "
             f"samples have {x_test.shape[1:]}; they must match"
         )
+    if y_train.shape[1:] != y_test.shape[1:]:
+        raise CompressError(
+            f"{path}: y_train has shape {y_train.shape} but y_test has {y_test.shape}; give both as many targets "
+            "per sample, in the same layout"
+        )
+    labels = None
     if "labels" in arrays:
         if arrays["labels"].size > MAX_CLASSES:
             raise CompressError(
@@ -328,9 +358,6 @@ def _read_npz(name: str, path: Path) -> RawData:
                 "compress supports; give one name per class"
             )
         labels = [str(v) for v in arrays["labels"].reshape(-1).tolist()]
-    else:
-        top = max((int(y.max()) for y in (y_train, y_test) if len(y)), default=-1)
-        labels = [str(i) for i in range(top + 1)]
     scale = 1 / 255 if x_train.dtype == np.uint8 else 1.0
     return RawData(name, x_train, y_train, x_test, y_test, labels=labels, scale=scale, files=[str(path)])
 
@@ -431,24 +458,137 @@ def _npz_images(arrays: dict[str, np.ndarray], key: str, path: Path) -> np.ndarr
 
 
 def _npz_labels(arrays: dict[str, np.ndarray], key: str, path: Path) -> np.ndarray:
-    """y as a 1-D int64 array; floats are accepted only when they hold whole numbers."""
+    """y as stored: (N,) class indices or floats, or (N, K) label sets or floats (the task says which)."""
     y = arrays[key]
-    if y.ndim != 1:
-        raise CompressError(f"{path}: {key} has shape {y.shape}; expected a 1-D array of class indices")
-    integral = np.issubdtype(y.dtype, np.integer) or (
-        np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all()
-    )
-    if not integral:
+    if y.ndim not in (1, 2):
         raise CompressError(
-            f"{path}: {key} holds non-integer labels (dtype {y.dtype}); labels must be class indices 0..K-1"
+            f"{path}: {key} has shape {y.shape}; expected (N,) class indices or floats, or (N, K) 0/1 label sets "
+            "or floats"
         )
-    # checked before the cast, which would wrap values beyond int64; the class count follows from the largest label
-    if len(y) and y.max() >= MAX_CLASSES:
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == np.bool_):
+        raise CompressError(f"{path}: {key} has dtype {y.dtype}; store class indices, 0/1 label sets or floats")
+    if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
+        raise CompressError(f"{path}: {key} contains NaN or infinite values; clean or drop those samples")
+    return y.astype(np.uint8) if y.dtype == np.bool_ else y
+
+
+# --- csv / tsv tables -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TableOptions:
+    """Which columns of a table are targets, and where its test split is; from ``?target=a,b&test=FILE``."""
+
+    targets: tuple[str, ...] = ()  # empty: the last column
+    test: str | None = None  # None: a fixed fifth of the rows
+
+
+def _split_table_options(location: str) -> tuple[str, TableOptions]:
+    """``FILE?target=a,b&test=FILE`` as (FILE, options); a location without '?' has none."""
+    path, sep, query = location.partition("?")
+    if not sep:
+        return location, TableOptions()
+    values: dict[str, str] = {}
+    for part in query.split("&"):
+        key, eq, value = part.partition("=")
+        if not eq or key not in ("target", "test") or not value:
+            raise CompressError(
+                f"bad table option {part!r} in '?{query}'; valid options are target=COLUMN[,COLUMN...] and "
+                "test=FILE, e.g. csv:train.csv?target=price&test=test.csv"
+            )
+        if key in values:
+            raise CompressError(f"table option {key!r} is given twice in '?{query}'; give it once")
+        values[key] = value
+    targets = tuple(c.strip() for c in values.get("target", "").split(",") if c.strip())
+    return path, TableOptions(targets, values.get("test"))
+
+
+def _read_table(name: str, path: Path, options: TableOptions) -> RawData:
+    """A csv or tsv file with a header row: the ``options.targets`` columns (default the last) are the targets,
+    every other column a numeric feature; the test split is ``options.test`` or a fixed fifth of the rows."""
+    delimiter = "," if name == "csv" else "\t"
+    header, rows = _table_rows(path, delimiter)
+    targets = list(options.targets) or [header[-1]]
+    missing = [c for c in targets if c not in header]
+    if missing:
         raise CompressError(
-            f"{path}: {key} holds label {int(y.max())}, beyond the {MAX_CLASSES} classes compress supports; "
-            "labels must be class indices 0..K-1 (K = number of classes)"
+            f"{path} has no column {missing[0]!r} (its columns: {', '.join(header[:12])}"
+            f"{' ...' if len(header) > 12 else ''}); name target columns with ?target=COLUMN[,COLUMN...]"
         )
-    return y.astype(np.int64)
+    if len(set(targets)) != len(targets):
+        raise CompressError(f"{path}: a target column is named twice in ?target=; name each once")
+    features = [c for c in header if c not in targets]
+    if not features:
+        raise CompressError(f"{path}: every column is a target, so there are no features; keep at least one")
+    x, y = _table_arrays(path, header, rows, features, targets)
+    files = [str(path)]
+    if options.test is not None:
+        test_path = Path(options.test).expanduser()
+        test_path = (test_path if test_path.is_absolute() else path.parent / test_path).resolve()
+        test_header, test_rows = _table_rows(test_path, delimiter)
+        if test_header != header:
+            raise CompressError(
+                f"{test_path} has columns {', '.join(test_header[:6])}... but {path} has {', '.join(header[:6])}...; "
+                "the test file needs the same header"
+            )
+        x_test, y_test = _table_arrays(test_path, header, test_rows, features, targets)
+        x_train, y_train = x, y
+        files.append(str(test_path))
+    else:
+        test = np.zeros(len(y), dtype=bool)
+        test[np.random.default_rng(DIGITS_TEST_SEED).permutation(len(y))[: round(DIGITS_TEST_FRACTION * len(y))]] = True
+        x_train, y_train, x_test, y_test = x[~test], y[~test], x[test], y[test]
+    return RawData(name, x_train, y_train, x_test, y_test, labels=None, scale=1.0, files=files, names=targets)
+
+
+def _table_rows(path: Path, delimiter: str) -> tuple[list[str], list[list[str]]]:
+    import csv
+
+    if not path.is_file():
+        raise CompressError(f"table {path} does not exist; give a {'csv' if delimiter == ',' else 'tsv'} file")
+    _MemoryBudget().claim(path, "the table", 8 * path.stat().st_size)  # parsed floats take up to ~8x the text
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [row for row in csv.reader(f, delimiter=delimiter) if row]
+    except UnicodeDecodeError as e:
+        raise CompressError(f"{path} is not UTF-8 text ({first_line(e)}); save it as UTF-8") from None
+    except (OSError, csv.Error) as e:
+        raise CompressError(f"cannot read {path} as a table ({first_line(e)}); check the file") from None
+    if len(rows) < 2:
+        raise CompressError(f"{path} needs a header row and at least one data row; it has {len(rows)} rows")
+    header = [c.strip() for c in rows[0]]
+    return header, rows[1:]
+
+
+def _table_arrays(
+    path: Path, header: list[str], rows: list[list[str]], features: list[str], targets: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The features (N, F) float32 and targets ((N,) for one column, else (N, K)) of ``rows``."""
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise CompressError(
+                f"{path}, line {number}: {len(row)} fields but the header has {len(header)}; fix that row"
+            )
+    column = {name: i for i, name in enumerate(header)}
+
+    def numbers(names: list[str]) -> np.ndarray:
+        out = np.empty((len(rows), len(names)), dtype=np.float64)
+        for j, name in enumerate(names):
+            for i, row in enumerate(rows):
+                try:
+                    out[i, j] = float(row[column[name]])
+                except ValueError:
+                    raise CompressError(
+                        f"{path}, line {i + 2}, column {name!r}: {row[column[name]][:40]!r} is not a number; "
+                        "every feature and target must be numeric"
+                    ) from None
+        if not np.isfinite(out).all():
+            raise CompressError(f"{path}: a feature or target is NaN or infinite; clean or drop those rows")
+        return out
+
+    x = numbers(features).astype(np.float32)
+    y = numbers(targets)
+    return x, (y[:, 0] if len(targets) == 1 else y)
 
 
 # --- image folders --------------------------------------------------------------------------
@@ -605,4 +745,12 @@ def _require_dir(directory: Path, name: str, expected: str) -> None:
         )
 
 
-_PATH_READERS = {"mnist": _read_idx_dir, "fashion-mnist": _read_idx_dir, "npz": _read_npz, "folder": _read_folder}
+_BUILT_IN = {"digits": _read_digits, "diabetes": _read_diabetes}
+_PATH_READERS = {
+    "mnist": _read_idx_dir,
+    "fashion-mnist": _read_idx_dir,
+    "npz": _read_npz,
+    "folder": _read_folder,
+    "csv": None,  # read by _read_table, with its options
+    "tsv": None,
+}

@@ -19,6 +19,15 @@ def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
     return kl * temperature**2
 
 
+def soft_sigmoid_bce(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Multi-label soft targets: binary cross-entropy between the student's and the teacher's per-label
+    sigmoid probabilities at ``temperature``, scaled by T² (as ``soft_target_kl``), averaged over all labels
+    of all samples."""
+    targets = torch.sigmoid(teacher_logits.float() / temperature)
+    bce = F.binary_cross_entropy_with_logits(student_logits.float() / temperature, targets)
+    return bce * temperature**2
+
+
 def logit_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Mean squared error between raw logits (Ba & Caruana 2014), averaged over all elements."""
     return F.mse_loss(student_logits.float(), teacher_logits.float())

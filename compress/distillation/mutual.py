@@ -31,6 +31,7 @@ import torch
 
 from ..data import Dataset, load_dataset
 from ..distributed import World, broadcast_buffers
+from ..errors import CompressError
 from ..loop import Fit, accuracy, place, save_trained, training_metrics
 from ..modelspec import build_model
 from .losses import distillation_loss
@@ -132,8 +133,15 @@ class MutualObjective:
         """Rank 0 writes the peer's checkpoint and manifest at ``--teacher``."""
         config = self.config
         train_time = sum(record["seconds"] for record in self.history)
+        best_val = None if math.isnan(self.best_val) else self.best_val
         metrics = training_metrics(
-            self.peer, self.dataset, self.test_accuracy, self.best_val, self.best_epoch, self.history, train_time
+            self.peer,
+            self.dataset,
+            {"accuracy": self.test_accuracy},
+            {"accuracy": best_val},
+            self.best_epoch,
+            self.history,
+            train_time,
         )
         metrics["online"] = {"role": "teacher", "peer": str(Path(config.out).resolve())}
         self.world.main_does(
@@ -156,7 +164,12 @@ def distill_online(config: DistillConfig) -> dict[str, Any]:
     """Train the student ``config.model`` and the teacher ``config.teacher_model`` together from scratch;
     write the student at ``config.out`` and the teacher at ``config.teacher``. Returns the student's manifest."""
     world = place(config.device)
-    dataset = load_dataset(config.data, config.val_fraction, config.split_seed)
+    dataset = load_dataset(config.data, config.val_fraction, config.split_seed, task=config.task)
+    if dataset.task.name != "classification":
+        raise CompressError(
+            f"online (mutual) distillation is for classifiers; {config.data} is {dataset.task.name}: train a teacher "
+            "with compress train, then distil from it"
+        )
     torch.manual_seed(config.seed)
     student = build_model(config.model, dataset.in_shape, dataset.num_classes, config.model_args)
     peer = build_model(config.teacher_model, dataset.in_shape, dataset.num_classes, config.teacher_model_args)

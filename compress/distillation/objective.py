@@ -17,10 +17,11 @@ from ..artifacts import cached_sha256
 from ..data import Dataset, Preprocessing, load_dataset
 from ..distributed import World, unwrap
 from ..errors import CompressError, foreign_errors
-from ..loop import accuracy
+from ..loop import evaluate
 from ..modelspec import count_macs, count_params
+from ..tasks import TargetScaling, get_task
 from .adversarial import evaluating, input_bounds, robustness, training_attack
-from .losses import distillation_loss, hint_loss, soft_loss
+from .losses import hint_loss
 from .teachers import Teacher, TeacherOutputs, capture_outputs, load_teacher, looks_like_probabilities
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class DistillObjective:
         self.cache: TeacherOutputs | None = None
         self.cache_mode = "off"
         self.cache_seconds = 0.0
-        self.teacher_test_accuracy: float | None = None
+        self.teacher_test_metrics: dict[str, Any] | None = None
         # the network Fit trains (its best weights are loaded when metrics() measures its robustness)
         self.student = student
         self.attack = training_attack(config)  # --adversarial: None, FGSM or PGD
@@ -100,9 +101,9 @@ class DistillObjective:
             )
 
     def prepare(self, x_train: torch.Tensor) -> None:
-        x_test, y_test = torch.from_numpy(self.dataset.x_test), torch.from_numpy(self.dataset.y_test)
-        self.teacher_test_accuracy = accuracy(
-            lambda x: self.teacher(x)[0], x_test, y_test, world=self.world, device=self.device
+        x_test = torch.from_numpy(self.dataset.x_test)
+        self.teacher_test_metrics = evaluate(
+            lambda x: self.teacher(x)[0], x_test, self.dataset.y_test, self.dataset, self.world, self.device
         )
         # random augmentation changes the inputs every epoch: nothing to reuse
         mode = "off" if self.config.augment != "none" else self.config.teacher_cache
@@ -144,6 +145,7 @@ class DistillObjective:
             "preprocessing": self.dataset.preprocessing.to_dict(),
             "layers": self.teacher_layers,
             "outputs": self.teacher.outputs,
+            "task": self.dataset.task_record(),
         }
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -155,14 +157,9 @@ class DistillObjective:
         student_features: dict[str, torch.Tensor] = {}
         with capture_outputs(unwrap(model), self.student_layers, student_features):
             logits = model(x)  # through the DistributedDataParallel wrapper, if any: it syncs the gradients
-        loss = distillation_loss(
-            logits,
-            teacher_logits,
-            y,
-            self.config.temperature,
-            self.config.alpha,
-            self.config.loss,
-            self.config.label_smoothing,
+        config = self.config
+        loss = self.dataset.task.distillation_loss(
+            logits, teacher_logits, y, config.temperature, config.alpha, config.loss, config.label_smoothing
         )
         for projection, (teacher_layer, student_layer) in zip(self.projections, self.hints):
             projected = project(projection, student_features[student_layer], teacher_features[teacher_layer])
@@ -177,7 +174,7 @@ class DistillObjective:
         ``model`` in training mode like the clean one."""
 
         def divergence(logits: torch.Tensor) -> torch.Tensor:
-            return soft_loss(logits, teacher_logits, self.config.temperature, self.config.loss)
+            return self.dataset.task.soft_loss(logits, teacher_logits, self.config.temperature, self.config.loss)
 
         with evaluating(unwrap(model)) as student:
             x_adv = self.attack(student, x, divergence, self.bounds)
@@ -199,8 +196,11 @@ class DistillObjective:
         return [("teacher", self.teacher.path)]
 
     def metrics(self) -> dict[str, Any]:
+        teacher = {"teacher_test_metrics": self.teacher_test_metrics}
+        if self.dataset.task.name == "classification":
+            teacher["teacher_test_accuracy"] = self.teacher_test_metrics["accuracy"]
         return {
-            "teacher_test_accuracy": self.teacher_test_accuracy,
+            **teacher,
             "teacher_kind": self.teacher.kind,
             "teacher_outputs": self.teacher.outputs,
             "teacher_cache": self.cache_mode,
@@ -231,7 +231,17 @@ def load_matching_teacher(config: DistillConfig, device: torch.device) -> tuple[
     (``config.preprocessing``).
     """
     teacher = load_teacher(config.teacher, device, (config.teacher_model, config.model), config.trust_model_code)
-    dataset = load_dataset(config.data, config.val_fraction, config.split_seed, _teacher_preprocessing(teacher, config))
+    recorded = (teacher.manifest or {}).get("task") if teacher.kind != "onnx" else None
+    # a compress checkpoint's regression outputs are standardised targets: the student learns the same ones
+    dataset = load_dataset(
+        config.data,
+        config.val_fraction,
+        config.split_seed,
+        _teacher_preprocessing(teacher, config),
+        task=config.task or (recorded or {}).get("kind"),
+        target_scaling=TargetScaling.from_record(recorded),
+    )
+    _check_task(teacher, dataset, config)
     if teacher.in_shape is not None and tuple(teacher.in_shape) != tuple(dataset.in_shape):
         raise CompressError(
             f"teacher {teacher.path} takes inputs of shape {list(teacher.in_shape)} but "
@@ -239,9 +249,10 @@ def load_matching_teacher(config: DistillConfig, device: torch.device) -> tuple[
             "teacher was trained on"
         )
     labels = (teacher.manifest or {}).get("labels")
+    what = {"classification": "classes", "multilabel": "labels", "regression": "targets"}[dataset.task.name]
     if labels is not None and list(labels) != list(dataset.labels):
         raise CompressError(
-            f"teacher {teacher.path} knows {len(labels)} classes {labels[:5]}... but "
+            f"teacher {teacher.path} knows {len(labels)} {what} {labels[:5]}... but "
             f"{config.data} has {dataset.num_classes} {dataset.labels[:5]}...; "
             "use the teacher's dataset"
         )
@@ -252,12 +263,39 @@ def load_matching_teacher(config: DistillConfig, device: torch.device) -> tuple[
     ):
         outputs, _ = teacher(probe)
     if outputs.dim() != 2 or outputs.shape[1] != dataset.num_classes:
+        one = {"classes": "one logit per class", "labels": "one logit per label", "targets": "one value per target"}
         raise CompressError(
             f"teacher {teacher.path} outputs shape {list(outputs.shape[1:])} per sample but "
-            f"{config.data} has {dataset.num_classes} classes; it must output one logit per class"
+            f"{config.data} has {dataset.num_classes} {what}; it must output {one[what]}"
         )
-    teacher.outputs = _teacher_outputs(teacher, outputs, config)
+    if dataset.task.name == "classification":
+        teacher.outputs = _teacher_outputs(teacher, outputs, config)
+    elif config.teacher_outputs == "probs":
+        if dataset.task.name == "regression":
+            raise CompressError("--teacher-outputs probs is for classifiers; a regression teacher outputs its targets")
+        teacher.outputs, teacher.multilabel = "probs", True
+        log(f"teacher {teacher.path} outputs per-label probabilities: distilling from their log-odds, as logits")
     return teacher, dataset
+
+
+def _check_task(teacher: Teacher, dataset: Dataset, config: DistillConfig) -> None:
+    """The teacher was trained for the data's task; regression teachers without a recorded standardisation (ONNX,
+    TorchScript) output the targets' units, which are standardised as the student learns them."""
+    recorded = (teacher.manifest or {}).get("task")
+    if recorded is not None and get_task(recorded.get("kind")) is not dataset.task:
+        raise CompressError(
+            f"teacher {teacher.path} was trained for {recorded.get('kind')} but {config.data} is read as "
+            f"{dataset.task.name}; distil on the teacher's task (--task {recorded.get('kind')})"
+        )
+    if dataset.task.name == "regression" and (
+        teacher.kind != "checkpoint" or TargetScaling.from_record(recorded) is None
+    ):
+        teacher.standardise = dataset.target_scaling
+    if dataset.task.name != "classification" and (config.adversarial != "none" or config.eval_attack):
+        raise CompressError(
+            f"adversarial distillation and --eval-attack are for classifiers; {config.data} is {dataset.task.name}: "
+            "drop --adversarial and --eval-attack"
+        )
 
 
 def _teacher_preprocessing(teacher: Teacher, config: DistillConfig) -> Preprocessing | str:

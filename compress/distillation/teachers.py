@@ -29,6 +29,7 @@ from ..distributed import SINGLE, World
 from ..errors import CompressError, foreign_errors
 from ..modelspec import count_macs, count_params, model_from_checkpoint
 from ..onnx_io import OnnxClassifier, open_session
+from ..tasks import TargetScaling
 
 # Caches larger than this go to a memory-mapped file on disk instead of RAM (``cache="auto"``).
 MEMORY_CACHE_LIMIT_BYTES = 1 << 30
@@ -51,6 +52,9 @@ class Teacher:
     manifest: dict | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     outputs: str = "logits"  # "logits" | "probs": probabilities, whose log is given as logits
+    # a regression teacher whose outputs are in the targets' units: standardised as the student learns them
+    standardise: TargetScaling | None = None
+    multilabel: bool = False  # probabilities are per label (sigmoid), not one distribution (softmax)
 
     @property
     def preprocessing(self) -> dict | None:
@@ -78,9 +82,16 @@ class Teacher:
         return self.as_logits(logits.float().to(x.device)), {k: v.float().to(x.device) for k, v in features.items()}
 
     def as_logits(self, outputs: torch.Tensor) -> torch.Tensor:
-        """The teacher's raw outputs as distillation uses them: log-probabilities when it outputs probabilities."""
+        """The teacher's raw outputs as distillation uses them: log-probabilities when it outputs probabilities
+        (per label, their log-odds), regression outputs standardised as the student's targets are."""
+        if self.standardise is not None:
+            std = torch.tensor(self.standardise.std, dtype=outputs.dtype, device=outputs.device)
+            return (outputs - torch.tensor(self.standardise.mean, dtype=outputs.dtype, device=outputs.device)) / std
         if self.outputs != "probs":
             return outputs
+        if self.multilabel:
+            p = outputs.clamp(PROB_FLOOR, 1 - 1e-7)
+            return torch.log(p) - torch.log1p(-p)
         log_p = torch.log(outputs.clamp_min(PROB_FLOOR))
         # the per-row constant that makes them logits is free: zero-mean rows suit --loss mse too
         return log_p - log_p.mean(dim=1, keepdim=True)

@@ -28,6 +28,7 @@ from ..artifacts import (
 from ..data import PREPROCESSING_HELP, PreprocessingChoice, load_dataset_for
 from ..errors import CompressError, first_line, foreign_errors
 from ..onnx_io import OnnxClassifier, max_runtime_opset, model_info, open_session, quiet
+from ..tasks import TargetScaling, Task, task_of
 from .base import Cli, Stage, StageConfig, output_suffix
 from .train import DATA_HELP, MAX_BATCH, MAX_SAMPLES
 
@@ -124,6 +125,10 @@ def export(config: ExportConfig) -> dict[str, Any]:
     source = read_manifest(config.checkpoint) or {}
     opset = choose_opset(config.opset, config.exporter)
     model = model_from_checkpoint(checkpoint, config.checkpoint, (config.model,), config.trust_model_code).eval()
+    task_record = checkpoint.get("task") or source.get("task")
+    task, scaling = task_of({"task": task_record}), TargetScaling.from_record(task_record)
+    if scaling is not None:  # the network learnt standardised targets: the exported model gives their units
+        model = in_target_units(model, scaling).eval()
     in_shape = tuple(checkpoint["in_shape"])
     input_name = (source.get("input_spec") or {}).get("name", "input")
     output_name = (source.get("output_spec") or {}).get("name", "logits")
@@ -161,7 +166,7 @@ def export(config: ExportConfig) -> dict[str, Any]:
         if config.optimize:
             _optimize_with_runtime(staged, config.optimize, large)
         _check_onnx(staged)
-        parity = _parity_check(model, staged, samples, config) if config.parity else None
+        parity = _parity_check(model, staged, samples, config, task) if config.parity else None
         info = model_info(staged)
         sha = sha256_file(staged)
         _move_into_place(staging, out)
@@ -187,13 +192,14 @@ def export(config: ExportConfig) -> dict[str, Any]:
     )
     manifest["labels"] = source.get("labels") or labels
     manifest["data"] = source.get("data") or dataset_info
+    manifest["task"] = task.record()  # outputs in the targets' units: no standardisation to undo
     manifest["source"] = {
         "stage": source.get("stage"),
         "artifact": Path(config.checkpoint).name,
         "metrics": {
             k: v
             for k, v in (source.get("metrics") or {}).items()
-            if k in ("test_accuracy", "test_errors", "val_accuracy")
+            if k in ("test_accuracy", "test_errors", "val_accuracy", "test_metrics", "val_metrics")
         },
     }
     manifest["onnx"] = {
@@ -211,6 +217,24 @@ def export(config: ExportConfig) -> dict[str, Any]:
     manifest["size_bytes"] = info["size_bytes"]
     write_manifest(out, manifest)
     return manifest
+
+
+def in_target_units(model: torch.nn.Module, scaling: TargetScaling) -> torch.nn.Module:
+    """``model`` followed by ``outputs * std + mean``: a regression network's standardised outputs in the
+    targets' units, so that the exported model predicts what users measure."""
+    import torch  # here, not at the top: the CLI starts without torch
+
+    class InTargetUnits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.network = model
+            self.register_buffer("target_std", torch.tensor(scaling.std, dtype=torch.float32))
+            self.register_buffer("target_mean", torch.tensor(scaling.mean, dtype=torch.float32))
+
+        def forward(self, x):
+            return self.network(x) * self.target_std + self.target_mean
+
+    return InTargetUnits()
 
 
 def _example_input(samples: np.ndarray | None, in_shape: tuple, batch: int) -> torch.Tensor:
@@ -349,7 +373,9 @@ def _check_onnx(path: Path) -> None:
         onnx.checker.check_model(str(path), full_check=False)
 
 
-def _parity_check(model: torch.nn.Module, path: Path, samples: np.ndarray, config: ExportConfig) -> dict[str, Any]:
+def _parity_check(
+    model: torch.nn.Module, path: Path, samples: np.ndarray, config: ExportConfig, task: Task
+) -> dict[str, Any]:
     """PyTorch and ONNX Runtime on the same real batches, of size 1 and 7 (or the static batch).
 
     Both see identical batches, so a model whose output depends on the batch's composition is
@@ -383,14 +409,14 @@ def _parity_check(model: torch.nn.Module, path: Path, samples: np.ndarray, confi
                     "model read the batch size as a Python int?) — keep it a tensor size in the "
                     "model, or pass --static-batch N if a fixed batch is intended"
                 ) from None
-        results.append(_compare(np.concatenate(expected), np.concatenate(got), batch, config))
+        results.append(_compare(np.concatenate(expected), np.concatenate(got), batch, config, task))
     report = {
         "atol": config.atol,
         "rtol": config.rtol,
         "samples": int(len(samples)),
         "max_abs_diff": max(r["max_abs_diff"] for r in results),
         "max_rel_diff": max(r["max_rel_diff"] for r in results),
-        "top1_agreement": min(r["top1_agreement"] for r in results),
+        "top1_agreement": min(r["top1_agreement"] for r in results) if task.name == "classification" else None,
         "batches": results,
     }
     failed = [r for r in results if not r["passed"]]
@@ -399,26 +425,33 @@ def _parity_check(model: torch.nn.Module, path: Path, samples: np.ndarray, confi
         raise CompressError(
             f"parity check failed at batch size {r['batch_size']}: ONNX Runtime's logits differ from "
             f"PyTorch's by up to {r['max_abs_diff']:.3g} (relative {r['max_rel_diff']:.3g}; allowed "
-            f"atol {config.atol:g} + rtol {config.rtol:g}), top-1 agreement {100 * r['top1_agreement']:.1f}%; "
+            f"atol {config.atol:g} + rtol {config.rtol:g}){_agreement(r)}; "
             "the model likely has data-dependent control flow or an op exported wrongly — fix the "
             "model, or loosen --atol/--rtol if the difference is expected"
         )
     return report
 
 
-def _compare(expected: np.ndarray, got: np.ndarray, batch: int, config: ExportConfig) -> dict[str, Any]:
+def _compare(expected: np.ndarray, got: np.ndarray, batch: int, config: ExportConfig, task: Task) -> dict[str, Any]:
     diff = np.abs(got.astype(np.float64) - expected)
     big = np.abs(expected) > max(config.atol, 1e-6)  # relative error only where it means something
     rel = float((diff[big] / np.abs(expected[big])).max()) if big.any() else 0.0
     finite = bool(np.isfinite(got).all())
+    classifier = task.name == "classification"
     return {
         "batch_size": batch,
         "samples": int(len(got)),
         "max_abs_diff": float(diff.max()) if finite else float("inf"),
         "max_rel_diff": rel,
-        "top1_agreement": float((got.argmax(1) == expected.argmax(1)).mean()),
+        "top1_agreement": float((got.argmax(1) == expected.argmax(1)).mean()) if classifier else None,
         "passed": finite and bool(np.allclose(got, expected, atol=config.atol, rtol=config.rtol)),
     }
+
+
+def _agreement(parity: dict[str, Any]) -> str:
+    """ ", top-1 agreement 99.9%" for a classifier's parity figures, else nothing."""
+    agreement = parity.get("top1_agreement")
+    return "" if agreement is None else f", top-1 agreement {100 * agreement:.1f}%"
 
 
 def summary(manifest: dict[str, Any]) -> list[str]:
@@ -426,8 +459,8 @@ def summary(manifest: dict[str, Any]) -> list[str]:
     if parity:
         batches = ", ".join(str(b["batch_size"]) for b in parity["batches"])
         checked = (
-            f"parity: max |diff| {parity['max_abs_diff']:.2g}, top-1 agreement "
-            f"{100 * parity['top1_agreement']:.1f}% on {parity['samples']} samples at batch {batches}"
+            f"parity: max |diff| {parity['max_abs_diff']:.2g}{_agreement(parity)} on {parity['samples']} samples "
+            f"at batch {batches}"
         )
     else:
         checked = "parity: not checked (--no-parity)"

@@ -24,6 +24,7 @@ from pydantic import Field, model_validator
 
 from ..artifacts import input_record, load_checkpoint, manifest_path, read_manifest, staging_dir, write_manifest
 from ..errors import CompressError
+from ..tasks import TargetScaling, get_task, task_of
 from .base import Cli, Stage
 from .distill import DistillConfig
 from .train import DATA_HELP, MAX_EPOCHS
@@ -95,7 +96,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
 
     from ..data import Preprocessing, load_dataset
     from ..distillation.objective import load_matching_teacher
-    from ..loop import accuracy, place
+    from ..loop import evaluate, place
     from ..modelspec import model_from_checkpoint
     from ..pruning import make_pruner, prune_step, prune_unstructured, recover, size_of, target_reached, widths_of
 
@@ -115,11 +116,14 @@ def prune(config: PruneConfig) -> dict[str, Any]:
     )
     world = place(config.device)
     preprocessing = source_manifest.get("preprocessing")
+    task_record = source.get("task") or source_manifest.get("task")
     dataset = load_dataset(
         config.data,
         config.val_fraction,
         config.split_seed,
         Preprocessing.from_dict(preprocessing) if preprocessing else None,
+        task=(task_record or {}).get("kind"),
+        target_scaling=TargetScaling.from_record(task_record),
     )
     in_shape = tuple(source["in_shape"])
     if tuple(dataset.in_shape) != in_shape:
@@ -130,8 +134,14 @@ def prune(config: PruneConfig) -> dict[str, Any]:
     # loaded once for every recovery step; the data carries the teacher's preprocessing
     teacher, recovery_data = load_matching_teacher(config, world.device)
     example = torch.from_numpy(dataset.x_train[:2])
-    x_test, y_test = torch.from_numpy(dataset.x_test), torch.from_numpy(dataset.y_test)
-    before = {**size_of(model, example), "test_accuracy": accuracy(model, x_test, y_test)}
+    x_test, task = torch.from_numpy(dataset.x_test), dataset.task
+    quality = quality_key(task.name)  # test_accuracy for classifiers, else e.g. test_rmse
+
+    def measured(network) -> float:
+        """The task's primary metric on the test split."""
+        return evaluate(network, x_test, dataset.y_test, dataset)[task.metric]
+
+    before = {**size_of(model, example), quality: measured(model)}
     widths_before = widths_of(model)
 
     out = Path(config.out)
@@ -143,11 +153,11 @@ def prune(config: PruneConfig) -> dict[str, Any]:
                 {
                     "sparsity": sparsity,
                     **size_of(model, example),
-                    "test_accuracy_pruned": accuracy(model, x_test, y_test),
+                    f"{quality}_pruned": measured(model),
                 }
             )
             model = recover(model, config, staging / "step1.pt", world, teacher, recovery_data)
-            steps[-1]["test_accuracy_recovered"] = accuracy(model.cpu(), x_test, y_test)
+            steps[-1][f"{quality}_recovered"] = measured(model.cpu())
         else:
             ratio = config.amount if config.amount is not None else TARGET_STEP
             while True:
@@ -160,17 +170,16 @@ def prune(config: PruneConfig) -> dict[str, Any]:
                         f"--round-to {config.round_to} channels); lower --round-to or "
                         "aim higher; nothing was written"
                     )
-                steps.append(
-                    {**size, "test_accuracy_pruned": accuracy(model, x_test, y_test), "widths": widths_of(model)}
-                )
+                steps.append({**size, f"{quality}_pruned": measured(model), "widths": widths_of(model)})
                 log(
-                    f"step {len(steps)}: {size['params']:,} params, {size['macs']:,} MACs, test accuracy "
-                    f"{100 * steps[-1]['test_accuracy_pruned']:.2f}% before recovery"
+                    f"step {len(steps)}: {size['params']:,} params, {size['macs']:,} MACs, test "
+                    f"{task.metric_title(task.metric)} {task.format(task.metric, steps[-1][f'{quality}_pruned'])} "
+                    "before recovery"
                 )
                 model = (
                     recover(model, config, staging / f"step{len(steps)}.pt", world, teacher, recovery_data).cpu().eval()
                 )
-                steps[-1]["test_accuracy_recovered"] = accuracy(model, x_test, y_test)
+                steps[-1][f"{quality}_recovered"] = measured(model)
                 if target_reached(config, before, size):
                     break
         final = staging / f"step{len(steps)}.pt"
@@ -179,7 +188,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
             if config.unstructured
             else f"structured, {config.importance} importance",
             "before": before,
-            "after": {**size_of(model, example), "test_accuracy": steps[-1]["test_accuracy_recovered"]},
+            "after": {**size_of(model, example), quality: steps[-1][f"{quality}_recovered"]},
             "steps": steps,
             "widths_before": widths_before,
             "widths_after": widths_of(model),
@@ -216,15 +225,25 @@ def _publish(final: Path, out: Path, config: PruneConfig, pruning: dict[str, Any
     return manifest
 
 
+def quality_key(task_name: str) -> str:
+    """The key of a pruning record's test figure: the task's primary metric on the test split."""
+    metric = get_task(task_name).metric
+    return "test_accuracy" if metric == "accuracy" else f"test_{metric}"
+
+
 def summary(manifest: dict[str, Any]) -> list[str]:
-    p = manifest["pruning"]
+    p, task = manifest["pruning"], task_of(manifest)
     before, after = p["before"], p["after"]
+    quality = quality_key(task.name)
+
+    def shown(value: float) -> str:
+        return task.format(task.metric, value)
+
     lines = [
         f"pruning: {p['method']}, {len(p['steps'])} step(s)",
         f"params {before['params']:,} -> {after['params']:,}, MACs {before['macs']:,} -> {after['macs']:,}",
-        f"test accuracy {100 * before['test_accuracy']:.2f}% -> "
-        f"{100 * p['steps'][-1]['test_accuracy_pruned']:.2f}% pruned -> "
-        f"{100 * after['test_accuracy']:.2f}% after recovery",
+        f"test {task.metric_title(task.metric)} {shown(before[quality])} -> "
+        f"{shown(p['steps'][-1][f'{quality}_pruned'])} pruned -> {shown(after[quality])} after recovery",
     ]
     return lines + ([f"note: {p['note']}"] if p["note"] else [])
 

@@ -6,11 +6,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from ..tasks import TASK_HELP, TaskName
 from .base import Cli, Stage, StageConfig, output_suffix
 
 DATA_HELP = (
-    "digits (built in), mnist:DIR, fashion-mnist:DIR, npz:FILE (x_train, y_train, x_test, "
-    "y_test) or folder:DIR (train/ and test/ with one sub-folder per class)"
+    "digits or diabetes (built in), mnist:DIR, fashion-mnist:DIR, npz:FILE (x_train, y_train, x_test, "
+    "y_test), csv:FILE or tsv:FILE (?target=COLUMN,...) or folder:DIR (train/ and test/ with one sub-folder per class)"
 )
 MODEL_HELP = (
     "a zoo name (mlp, mlp-1200, cnn, resnet, resnet8, resnet14, resnet20), path/to/file.py:factory or "
@@ -42,6 +43,7 @@ class TrainConfig(StageConfig):
         default_factory=dict, description="Keyword argument for the model factory (repeatable), e.g. hidden=1200,1200."
     )
     data: str = Field("digits", description=f"Dataset: {DATA_HELP}.")
+    task: TaskName | None = Field(None, description=TASK_HELP)
     out: str = Field(description="Checkpoint to write (.pt); its manifest goes beside it (.pt.json).")
     epochs: int = Field(10, ge=1, le=MAX_EPOCHS, description="Passes over the training split.")
     batch_size: int = Field(128, ge=1, le=MAX_BATCH, description="Training samples per optimiser step.")
@@ -81,24 +83,36 @@ def train(config: TrainConfig) -> dict[str, Any]:
     from ..modelspec import build_model
 
     world = place(config.device)
-    dataset = load_dataset(config.data, config.val_fraction, config.split_seed)
+    dataset = load_dataset(config.data, config.val_fraction, config.split_seed, task=config.task)
     torch.manual_seed(config.seed)
     model = build_model(config.model, dataset.in_shape, dataset.num_classes, config.model_args)
-    return Fit(config, "train", dataset, model, LabelObjective(config.label_smoothing), world).run()
+    objective = LabelObjective(config.label_smoothing, dataset.task)
+    return Fit(config, "train", dataset, model, objective, world).run()
 
 
 def fit_summary(manifest: dict[str, Any]) -> list[str]:
     """What train and distill say of the checkpoint they wrote."""
-    metrics = manifest["metrics"]
+    from ..tasks import task_of
+
+    metrics, task = manifest["metrics"], task_of(manifest)
     role = "model" if manifest["stage"] == "train" else "student"
-    lines = [
-        f"{role}: test accuracy {100 * metrics['test_accuracy']:.2f}% ({metrics['test_errors']} errors of "
-        f"{manifest['data']['sizes']['test']}), {metrics['params']:,} params, "
-        f"{manifest['size_bytes'] / 1024:.1f} KiB, trained in {metrics['train_time_s']:.1f}s"
-    ]
+    size = (
+        f"{metrics['params']:,} params, {manifest['size_bytes'] / 1024:.1f} KiB, trained in "
+        f"{metrics['train_time_s']:.1f}s"
+    )
+    if metrics.get("test_accuracy") is not None:
+        measured = (
+            f"test accuracy {100 * metrics['test_accuracy']:.2f}% ({metrics['test_errors']} errors of "
+            f"{manifest['data']['sizes']['test']})"
+        )
+    else:
+        measured = f"test {task.describe(metrics.get('test_metrics'))}"
+    lines = [f"{role}: {measured}, {size}"]
+    online = " (trained beside the student)" if metrics.get("teacher_kind") == "online" else ""
     if metrics.get("teacher_test_accuracy") is not None:
-        online = " (trained beside the student)" if metrics.get("teacher_kind") == "online" else ""
         lines.append(f"teacher{online}: test accuracy {100 * metrics['teacher_test_accuracy']:.2f}%")
+    elif metrics.get("teacher_test_metrics"):
+        lines.append(f"teacher{online}: test {task.describe(metrics['teacher_test_metrics'])}")
     return lines
 
 
