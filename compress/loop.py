@@ -99,26 +99,13 @@ def predictions(predict, x: torch.Tensor, batch_size: int = 1024, world: World =
     if module is not None:
         module.eval()
     block = world.block(len(x))
-    outputs = [
-        predict(x[start : min(start + batch_size, block.stop)].to(device or x.device, non_blocking=True)).float()
-        for start in range(block.start, block.stop, batch_size)
-    ]
+    # a rank with no samples of its own still needs the output's shape: it runs one sample and keeps none
+    spans = [(start, min(start + batch_size, block.stop)) for start in range(block.start, block.stop, batch_size)]
+    outputs = [predict(x[a:b].to(device or x.device, non_blocking=True)).float() for a, b in spans or [(0, 1)]]
     if module is not None:
         module.train(was_training)
-    mine = torch.cat(outputs) if outputs else torch.zeros((0, *_output_shape(predict, x, device)))
+    mine = torch.cat(outputs) if spans else outputs[0][:0]
     return world.gather_rows(mine.to(world.device), len(x)).cpu()
-
-
-def _output_shape(predict, x: torch.Tensor, device) -> tuple[int, ...]:
-    """The per-sample output shape (for a rank whose block is empty)."""
-    module = predict if isinstance(predict, torch.nn.Module) else None
-    was_training = module.training if module is not None else False
-    if module is not None:
-        module.eval()
-    shape = tuple(predict(x[:1].to(device or x.device)).shape[1:])
-    if module is not None:
-        module.train(was_training)
-    return shape
 
 
 def evaluate(predict, x: torch.Tensor, y, dataset: Dataset, world: World = SINGLE, device=None) -> dict[str, Any]:
