@@ -7,9 +7,10 @@ The quantization itself is ONNX Runtime's (``quant_pre_process``, ``quantize_sta
 
 * types chosen for the CPU at hand, with the reason stated;
 * fidelity, always: int8 against fp32 on held-out samples (the validation split, or synthetic inputs
-  when there is no data) — accuracy points lost when there are labels, else top-1 disagreements
-  (and cosine, relative L2, max abs difference) — within a budget (``max_accuracy_drop``, default
-  1 point). Over budget the quantization narrows: only Conv/MatMul/Gemm quantized, then the nodes
+  when there is no data) — with targets, the task's primary metric lost (accuracy or mAP points, RMSE's
+  rise in percent); without, top-1 disagreements, changed multi-label decisions or the relative L2 error
+  of regression outputs (and cosine, relative L2, max abs difference) — within a budget
+  (``max_accuracy_drop``, default 1 point). Over budget the quantization narrows: only Conv/MatMul/Gemm quantized, then the nodes
   whose quantization hurts most kept in float, greedily; a model that still misses it is not written;
 * ``search``: every sensible setting quantized, its accuracy measured and its latency timed in
   rounds alternating with fp32, the one with the best speed-up within budget kept;
@@ -53,6 +54,7 @@ from ..hardware import CpuInfo, cpu_info
 from ..measure.fidelity import classifier_accuracy, compare_all, compare_outputs, loss_measure
 from ..measure.latency import compare
 from ..onnx_io import OnnxModel, load_any, model_info, open_session, quiet, session_options
+from ..tasks import CLASSIFICATION, Task, get_task, task_of
 from .base import RANGES_HELP, SHAPES_HELP, Cli, InputRanges, InputShapes, Stage, StageConfig, output_suffix
 from .export import EXTERNAL_DATA_THRESHOLD_BYTES
 from .train import DATA_HELP, MAX_BATCH, MAX_SAMPLES, MAX_SEED, MAX_THREADS
@@ -62,8 +64,9 @@ COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 logger = logging.getLogger(__name__)
 log = logger.info
 
-# Fidelity budget without --max-accuracy-drop: accuracy points lost (labels), else top-1 disagreements in
-# points (or, for outputs without classes, the relative L2 error in percent).
+# Fidelity budget without --max-accuracy-drop: the task's metric lost with targets (accuracy or mAP points, RMSE's
+# rise in percent), else top-1 disagreements in points (multi-label: changed label decisions in percent; outputs
+# without classes: the relative L2 error in percent).
 DEFAULT_BUDGET_POINTS = 1.0
 SENSITIVITY_SAMPLES = 128  # held-out samples that rank the nodes by quantization error (one pass per node)
 SYNTHETIC_SAMPLES = 1000  # inputs drawn from the signature when there is no data (one is 0.1 points)
@@ -135,9 +138,12 @@ class QuantizeConfig(StageConfig):
         None,
         ge=0,
         lt=100,
-        description="Fidelity budget against fp32 on held-out samples, in points: accuracy lost with labels, "
-        "else top-1 disagreements (default 1). Over it, only Conv/MatMul/Gemm are quantized, then the "
-        "most sensitive nodes kept in float, until it is met.",
+        description="Fidelity budget against fp32 on held-out samples, in points (default 1). With targets, the "
+        "task's metric lost: accuracy points (classification), mAP points (multilabel), RMSE's rise in percent "
+        "of fp32's (regression); without, how far the outputs move: top-1 disagreements in percent of samples "
+        "(classification), changed label decisions in percent (multilabel), relative L2 error in percent "
+        "(regression). Over it, only Conv/MatMul/Gemm are quantized, then the most sensitive nodes kept in "
+        "float, until it is met.",
     )
     allow_over_budget: bool = Field(
         False, description="Write the model even when the budget cannot be met (else: exit 2, nothing written)."
@@ -249,7 +255,8 @@ class Candidate:
     path: Path
     excluded: list[str] = field(default_factory=list)
     accuracy: float | None = None
-    loss: float = 0.0  # points against fp32: accuracy lost, or top-1 disagreements (see Judge)
+    metrics: dict | None = None  # the task's metrics on the held-out targets (None: no targets)
+    loss: float = 0.0  # points against fp32: the task's metric lost, or how far the outputs moved (see Judge)
     fidelity: dict | None = None  # compare_outputs against fp32 on the held-out samples
     latency: dict | None = None
     speedup: tuple[float, float, float] | None = None
@@ -532,7 +539,7 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
     # real samples when there is data (zeros can take faster paths), repeated to fill the batch
     timing_input = data.test.batch(float_model.fixed_batch or config.batch_size)
     float_model.run(timing_input)  # one run before any work: a model that fails here stops here
-    judge = Judge(float_model, *_held_out(data))
+    judge = Judge(float_model, *_held_out(data), data.task)
     if data.kind == "synthetic":
         values = "; ".join(f"{i['name']}: {i['values']}" for i in data.inputs)
         log(f"no data: {precision} is judged against fp32 on {SYNTHETIC_SAMPLES} synthetic samples ({values})")
@@ -575,8 +582,9 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
         if over_budget and not config.allow_over_budget:
             raise CompressError(
                 f"{precision} misses the fidelity budget: {judge.describe(chosen)} with only Conv/MatMul/Gemm "
-                f"{narrowed_to} and {len(chosen.excluded)} of them kept in {float_}, budget {budget} points; nothing "
-                "written — raise --max-accuracy-drop, or pass --allow-over-budget to keep this model"
+                f"{narrowed_to} and {len(chosen.excluded)} of them kept in {float_}, budget {budget}"
+                f"{judge.budget_unit}; nothing written — raise --max-accuracy-drop, or pass --allow-over-budget to "
+                "keep this model"
             )
         if over_budget:
             logger.warning(f"{precision} is over the fidelity budget ({judge.describe(chosen)}); written as asked")
@@ -594,8 +602,10 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
         shutil.copyfile(chosen.path, staged)
         manifest = new_manifest(out, "quantize", config.model_dump(mode="json"))
         manifest["inputs"] = [input_record("model", config.model)]
-        for key in ("model", "input_spec", "output_spec", "preprocessing", "labels", "data"):
+        for key in ("model", "input_spec", "output_spec", "preprocessing", "labels", "data", "task"):
             manifest[key] = source.get(key)
+        if manifest["task"] is None and data.task is not CLASSIFICATION:  # a model without a manifest: its data's
+            manifest["task"] = data.task.record()
         if data.dataset is not None:
             manifest["preprocessing"] = data.dataset.preprocessing.to_dict()
             manifest["labels"] = manifest["labels"] or data.dataset.labels
@@ -619,11 +629,20 @@ def quantize(config: QuantizeConfig) -> dict[str, Any]:
             "synthetic_inputs": data.inputs,
         }
         quantized_info = model_info(staged)
+        by_targets = judge.y is not None
         manifest["metrics"] = {
-            "accuracy_split": judge.split if judge.y is not None else None,
+            "accuracy_split": judge.split if by_targets else None,
             "float_accuracy": judge.float_accuracy,
             "accuracy": chosen.accuracy,
-            "accuracy_drop_points": chosen.loss if judge.y is not None else None,
+            "accuracy_drop_points": chosen.loss if by_targets and judge.task is CLASSIFICATION else None,
+            # every task: its metrics of fp32 and of the quantized model on the targets, and how much worse the
+            # quantized model is by the primary one, in metric_drop_unit (None without targets)
+            "task": judge.task.name,
+            "metric": judge.task.metric if by_targets else None,
+            "float_metrics": _finite_values(judge.float_metrics),
+            "task_metrics": _finite_values(chosen.metrics) if by_targets else None,
+            "metric_drop": _finite(chosen.loss) if by_targets else None,
+            "metric_drop_unit": judge.measure if by_targets else None,
             "fidelity": {
                 **chosen.fidelity,
                 "output": float_model.outputs[0].name,
@@ -702,19 +721,33 @@ def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and not np.isfinite(value) else value
 
 
+def _finite_values(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if metrics is None else {name: _finite(value) for name, value in metrics.items()}
+
+
 def _pct(accuracy: float | None) -> str:
     return "n/a" if accuracy is None else f"{100 * accuracy:.2f}%"
 
 
 class Judge:
-    """Judges a quantized model against fp32 on the held-out samples, by its first output: the accuracy
-    points it loses when there are labels and that output gives classes, else the top-1 disagreements in
-    points, else (outputs without classes) the relative L2 error in percent, or for integer outputs the
-    share of values that changed; the other fidelity figures, of every output, are recorded either way."""
+    """Judges a quantized model against fp32 on the held-out samples, by its first output (the model's; what it
+    means is ``task``, the task its manifest records or its data's targets show, classification when neither
+    does).
 
-    def __init__(self, float_model: OnnxModel, x: Samples, y: np.ndarray | None, split: str):
+    With targets: the task's primary metric, fp32's against the candidate's (``Task.loss_points``): accuracy
+    points lost (classification), mAP points lost (multilabel), RMSE's rise in percent of fp32's (regression).
+    Without (or when they do not fit the output): how far the outputs moved, in points: top-1 disagreements
+    for classifier outputs, the share of (sample, label) decisions changed for multi-label logits, the
+    relative L2 error in percent for regression (even several targets per sample) and other float outputs,
+    the share of values that changed for integer outputs. The other fidelity figures, of every output, are
+    recorded either way."""
+
+    def __init__(
+        self, float_model: OnnxModel, x: Samples, y: np.ndarray | None, split: str, task: Task = CLASSIFICATION
+    ):
         self.x, self.split = x, split
         self.model = float_model
+        self.task = task
         self.judged: list[dict[str, Any]] = []  # every candidate judged, in order: what was tried
         self.references = float_model.predict(x)
         self.reference = self.references[0]
@@ -724,31 +757,88 @@ class Judge:
                     f"{float_model.name} gives non-finite values (inf or NaN) in output {port.name!r} on the {split} "
                     "samples, so int8 cannot be compared with it; check the data (or --input-range) it is fed"
                 )
-        self.float_accuracy = classifier_accuracy(self.reference, y)
-        if y is not None and self.float_accuracy is None:
+        self.float_accuracy: float | None = None
+        self.float_metrics: dict[str, float] | None = None  # the task's metrics of fp32 (None: no targets)
+        if task is CLASSIFICATION:
+            self.float_accuracy = classifier_accuracy(self.reference, y)
+            if y is not None and self.float_accuracy is None:
+                log(
+                    f"labels of {split} not used: output {float_model.outputs[0].name!r} of shape "
+                    f"{list(self.reference.shape)} gives no classes; judging how far the outputs move"
+                )
+            self.y = y if self.float_accuracy is not None else None
+            if self.y is not None:
+                self.float_metrics = {"accuracy": self.float_accuracy}
+        else:
+            self.y = self._fitting_targets(y)
+            if self.y is not None:
+                self.float_metrics = task.measure(_per_sample(self.reference), self.y)
+                if not np.isfinite(task.score(self.float_metrics)):
+                    log(
+                        f"targets of {split} not used: fp32's {task.metric_title(task.metric)} cannot be measured on "
+                        "them (a multi-label split needs a label with positives); judging how far the outputs move"
+                    )
+                    self.y, self.float_metrics = None, None
+        if self.y is None:
+            self.measure = loss_measure(self.reference, task.name)
+        else:
+            self.measure = "accuracy points lost" if task is CLASSIFICATION else task.loss_unit
+
+    def _fitting_targets(self, y: np.ndarray | None) -> np.ndarray | None:
+        """``y`` (label sets or regression targets, one row per sample) when the first output gives one float per
+        target for each sample, else None (said)."""
+        if y is None:
+            return None
+        y = y.reshape(len(y), -1)
+        output = _per_sample(self.reference)
+        if self.reference.dtype.kind != "f" or output.shape != y.shape:
             log(
-                f"labels of {split} not used: output {float_model.outputs[0].name!r} of shape "
-                f"{list(self.reference.shape)} gives no classes; judging how far the outputs move"
+                f"{self.task.name} targets of {self.split} ({y.shape[1]} per sample) not used: output "
+                f"{self.model.outputs[0].name!r} of shape {list(self.reference.shape)} does not give one float each; "
+                "judging how far the outputs move"
             )
-        self.y = y if self.float_accuracy is not None else None
-        self.measure = "accuracy points lost" if self.y is not None else loss_measure(self.reference)
+            return None
+        return y
+
+    @property
+    def by_task_metric(self) -> bool:
+        """Judged by a non-classification task's metric on targets (not accuracy, not output movement)."""
+        return self.y is not None and self.task is not CLASSIFICATION
 
     @property
     def resolution(self) -> float:
-        """What one sample is worth, in points."""
+        """What one sample is worth, in points (one (sample, label) decision for multi-label outputs without
+        targets; 0 for a regression's continuous measures)."""
+        if self.task.name == "regression":
+            return 0.0
+        if self.measure.startswith("label decisions"):
+            return 100 / max(_per_sample(self.reference).size, 1)
         return 100 / len(self.x)
+
+    @property
+    def budget_unit(self) -> str:
+        """What the budget counts, after its number in messages."""
+        return "% RMSE rise" if self.by_task_metric and self.task.metric not in self.task.percent else " points"
 
     def outputs(self, path: Path, x: Samples) -> list[np.ndarray]:
         session = open_session(path, role="quantized model")
         return OnnxModel(session, "the quantized model").predict(x)
 
     def __call__(self, candidate: Candidate) -> Candidate:
-        """``candidate`` with its accuracy, fidelity and loss filled in."""
+        """``candidate`` with its accuracy (or task metrics), fidelity and loss filled in."""
         outputs = self.outputs(candidate.path, self.x)
-        candidate.fidelity = compare_all(self.references, outputs, [o.name for o in self.model.outputs])
-        if self.y is not None:
+        candidate.fidelity = compare_all(self.references, outputs, [o.name for o in self.model.outputs], self.task.name)
+        if self.y is not None and self.task is CLASSIFICATION:
             candidate.accuracy = classifier_accuracy(outputs[0], self.y)
+            candidate.metrics = {"accuracy": candidate.accuracy}
             candidate.loss = 100 * (self.float_accuracy - candidate.accuracy)
+        elif self.y is not None:
+            output = _per_sample(outputs[0])
+            if np.isfinite(output).all():
+                candidate.metrics = self.task.measure(output, self.y)
+                candidate.loss = self.task.loss_points(self.float_metrics, candidate.metrics)
+            else:  # scikit-learn refuses inf and NaN: the candidate is as far from fp32 as can be
+                candidate.metrics, candidate.loss = None, float("inf")
         else:
             candidate.loss = candidate.fidelity["loss_points"]
         if not np.isfinite(candidate.loss):  # int8 outputs of inf or NaN: as far from fp32 as can be
@@ -768,17 +858,37 @@ class Judge:
     def describe(self, candidate: Candidate) -> str:
         if candidate.loss == float("inf"):
             return f"non-finite outputs (inf or NaN) on {len(self.x)} {self.split} samples"
-        if self.y is not None:
+        if self.y is not None and self.task is CLASSIFICATION:
             return (
                 f"accuracy {_pct(self.float_accuracy)} -> {_pct(candidate.accuracy)} on {self.split} "
                 f"(drop {candidate.loss:.2f} points)"
             )
+        if self.y is not None:
+            task, name = self.task, self.task.metric
+            return (
+                f"{task.metric_title(name)} {task.format(name, self.float_metrics[name])} -> "
+                f"{task.format(name, candidate.metrics[name])} on {self.split} "
+                f"({loss_text(task, candidate.loss)})"
+            )
         agreement = candidate.fidelity["top1_agreement"]
+        changed = candidate.fidelity.get("decisions_changed")
         shown = f"top-1 agreement {_pct(agreement)}, " if agreement is not None else ""
+        shown += f"label decisions kept {_pct(1 - changed)}, " if changed is not None else ""
         return (
             f"{shown}relative L2 {candidate.fidelity['relative_l2']:.4f}, cosine {candidate.fidelity['cosine']:.4f} "
             f"on {len(self.x)} {self.split} samples ({candidate.loss:.2f} points)"
         )
+
+
+def _per_sample(output: np.ndarray) -> np.ndarray:
+    """An output as one row per sample, (N, K), as ``Task.measure`` takes it."""
+    return output.reshape(len(output), -1)
+
+
+def loss_text(task: Task, loss: float) -> str:
+    """A candidate's loss by ``task``'s primary metric: ``0.25 points lost`` (a fraction such as mAP), or its
+    rise in percent (an error such as RMSE), ``+0.72%``."""
+    return f"{loss:.2f} points lost" if task.metric in task.percent else f"{loss:+.2f}%"
 
 
 def _data(config: QuantizeConfig, source: dict, model: OnnxModel) -> ModelData:
@@ -920,7 +1030,7 @@ def _rank_nodes(quantizer: Quantizer, settings: Settings, judge: Judge) -> list[
             {
                 "node": name,
                 "relative_mse": _finite(mse),
-                "top1_agreement": compare_outputs(reference, outputs)["top1_agreement"],
+                "top1_agreement": compare_outputs(reference, outputs, judge.task.name)["top1_agreement"],
             }
         )
         path.unlink()
@@ -1099,6 +1209,7 @@ def _candidate_record(c: Candidate) -> dict[str, Any]:
         "weight_type": c.settings.weight_type,
         "per_channel": c.settings.per_channel,
         "accuracy": c.accuracy,
+        "metrics": _finite_values(c.metrics),
         "loss_points": _finite(c.loss),
         "top1_agreement": c.fidelity["top1_agreement"],
         "p50_ms": c.latency["p50_ms"] if c.latency else None,
@@ -1129,10 +1240,16 @@ def summary(manifest: dict[str, Any]) -> list[str]:
             )
         ]
     lines += [f"  why: {reason}" for reason in q["reasons"]]
+    task, metric = get_task(m["task"]) if m.get("task") else task_of(manifest), m.get("metric")
+    by_task = metric is not None and task is not CLASSIFICATION  # judged by a multilabel/regression metric
     if q["search"]:
-        lines.append(f"{'candidate':<42} {'accuracy':>9} {'p50 ms':>8} {'speed-up':>8}")
+        column = task.metric_title(metric) if by_task else "accuracy"
+        lines.append(f"{'candidate':<42} {column:>9} {'p50 ms':>8} {'speed-up':>8}")
         for c in q["search"]:
-            acc = "n/a" if c["accuracy"] is None else f"{100 * c['accuracy']:.2f}%"
+            if by_task:
+                acc = task.format(metric, (c.get("metrics") or {}).get(metric))
+            else:
+                acc = "n/a" if c["accuracy"] is None else f"{100 * c['accuracy']:.2f}%"
             lines.append(f"{c['settings']:<42} {acc:>9} {c['p50_ms']:>8.3f} {c['speedup']:>7.2f}x")
     if q["excluded_nodes"]:
         kept = "float32 (weights and arithmetic; the converter passes tensors between nodes in fp16)"
@@ -1142,8 +1259,22 @@ def summary(manifest: dict[str, Any]) -> list[str]:
             f"accuracy ({m['accuracy_split']}): fp32 {100 * m['float_accuracy']:.2f}% -> {precision} "
             f"{100 * m['accuracy']:.2f}% (drop {m['accuracy_drop_points']:.2f} points)"
         )
+    if by_task:
+        before, after = m["float_metrics"], m["task_metrics"]
+        others = ", ".join(
+            f"{task.metric_title(name)} {task.format(name, before.get(name))} -> {task.format(name, after.get(name))}"
+            for name in task.metrics
+            if name != metric
+        )
+        lines.append(
+            f"{task.metric_title(metric)} ({m['accuracy_split']}): fp32 {task.format(metric, before.get(metric))} -> "
+            f"{precision} {task.format(metric, after.get(metric))} ({loss_text(task, m['metric_drop'])})"
+            + (f"; {others}" if others else "")
+        )
     f = m["fidelity"]
     agreement = "" if f["top1_agreement"] is None else f"top-1 agreement {100 * f['top1_agreement']:.2f}%, "
+    if f.get("decisions_changed") is not None:
+        agreement += f"label decisions kept {100 * (1 - f['decisions_changed']):.2f}%, "
     lines.append(
         f"fidelity ({f['samples']} {f['split']} samples): {agreement}cosine {f['cosine']:.4f}, relative L2 "
         f"{f['relative_l2']:.4f}, max abs diff {f['max_abs_diff']:.3g}; {f['loss_points']:.2f} {f['measure']}, "
@@ -1151,7 +1282,8 @@ def summary(manifest: dict[str, Any]) -> list[str]:
     )
     lines += [FP16_JUDGED_ON_CPU] if precision == "fp16" else []
     if f["split"] == "synthetic":
-        lines.append(f"accuracy not measured: no data, so {precision} was judged on random inputs only (pass --data)")
+        measured = task.metric_title(task.metric) if task is not CLASSIFICATION else "accuracy"
+        lines.append(f"{measured} not measured: no data, so {precision} was judged on random inputs only (pass --data)")
     lat = m["latency"]
     lines.append(
         f"latency{' on the CPU provider' if precision == 'fp16' else ''} (batch {lat['batch_size']}, p50): fp32 "
