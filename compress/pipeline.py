@@ -417,11 +417,15 @@ def _clear_stale_resume_state(step: Step, decision: Decision) -> None:
 
 
 def summary_rows(plan: Plan) -> list[dict[str, Any]]:
-    """Per variant: accuracy, size, MACs and p50/speed-up per batch size, from the bench report."""
+    """Per variant: accuracy (or the task's metrics), size, MACs and p50/speed-up per batch size, from the
+    bench report."""
+    from .measure.report import report_task
+
     report_path = plan.report_dir / "report.json"
     if not report_path.exists():
         return []
     report = load_report(report_path)
+    task = report_task(report)
     rows = []
     by_path = {Path(m["path"]).resolve(): m for m in report["models"]}
     provider = report["config"]["providers"][0]
@@ -447,6 +451,11 @@ def summary_rows(plan: Plan) -> list[dict[str, Any]]:
                 "file": str(path),
                 "top1": measured["top1"],
                 "accuracy_delta_points": measured["accuracy_delta_points"],
+                "task": task.name,
+                "metric": task.metric,
+                "metrics": measured.get("metrics"),
+                # positive: worse than the teacher, in the task's points (see the report's metric_loss_points)
+                "metric_loss_points": measured.get("metric_loss_points"),
                 "params": model["params"],
                 "macs": model.get("macs"),
                 "size_bytes": model["size_bytes"],
@@ -465,21 +474,51 @@ def _speedup_cell(latency: dict[str, Any]) -> str:
     return f"{latency['speedup']:.2f}x" + ("" if paired is None else f" ({paired:.3f})")
 
 
+def _quality_cells(task, row: dict[str, Any], first: bool) -> list[str]:
+    """A multi-label or regression variant's primary metric and its change against the teacher's (signed as
+    the metric moves, marked when worse)."""
+    from .measure.report import change_unit, metric_change
+
+    value = (row.get("metrics") or {}).get(task.metric)
+    shown = "–" if value is None else (f"{100 * value:.2f}" if task.metric in task.percent else f"{value:.4g}")
+    loss = row.get("metric_loss_points")
+    if first or loss is None:
+        return [shown, "–"]
+    change = f"{metric_change(task, loss):+.2f}" + ("%" if change_unit(task) == "%" else "")
+    return [shown, f"{change} worse" if loss > 0 else change]
+
+
 def summary_table(rows: list[dict[str, Any]]) -> str:
-    """The final table on the terminal: each variant against the teacher."""
+    """The final table on the terminal: each variant against the teacher; for a multi-label or regression
+    run its primary metric (mAP, RMSE) in place of top-1."""
+    from .measure.report import change_unit
+    from .tasks import CLASSIFICATION, get_task
+
     if not rows:
         return ""
+    task = get_task(rows[0].get("task"))
     batches = list(rows[0]["latency"])
-    header = ["variant", "top-1 %", "Δ pts", "params", "MACs", "KiB"]
+    if task is CLASSIFICATION:
+        quality = ["top-1 %", "Δ pts"]
+    else:
+        title = task.metric_title(task.metric)
+        quality = [title + (" %" if task.metric in task.percent else ""), f"Δ {change_unit(task)}"]
+    header = ["variant", *quality, "params", "MACs", "KiB"]
     # a speed-up comes from rounds alternating with the teacher: the teacher's p50 in those rounds beside it
     header += [f"p50 ms b{b}" for b in batches] + [f"speed-up b{b} (teacher ms)" for b in batches]
     lines = [header]
     for row in rows:
         delta = row["accuracy_delta_points"]
+        if task is CLASSIFICATION:
+            quality = [
+                "–" if row["top1"] is None else f"{100 * row['top1']:.2f}",
+                "–" if row is rows[0] or delta is None else f"{delta:+.2f}",
+            ]
+        else:
+            quality = _quality_cells(task, row, row is rows[0])
         cells = [
             row["variant"],
-            "–" if row["top1"] is None else f"{100 * row['top1']:.2f}",
-            "–" if row is rows[0] or delta is None else f"{delta:+.2f}",
+            *quality,
             _count(row["params"]),
             _count(row["macs"]),
             f"{row['size_bytes'] / 1024:.1f}",
@@ -491,8 +530,13 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     text = "\n".join(
         "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in lines
     )
+    measured = ""
+    if task is not CLASSIFICATION:
+        better = "higher" if task.higher_is_better else "lower"
+        of = "points" if change_unit(task) == "pts" else "percent of the teacher's"
+        measured = f"{task.name}: {title} ({better} is better), Δ against the teacher's in {of}; "
     return (
-        f"{text}\n({rows[0]['provider']} execution provider, {rows[0]['threads']} thread(s); "
+        f"{text}\n({measured}{rows[0]['provider']} execution provider, {rows[0]['threads']} thread(s); "
         "speed-up against the teacher, each timed in rounds alternating with it; in brackets the teacher's p50 in "
         "those rounds)"
     )

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from ..artifacts import current_umask, staging_dir
 from ..errors import CompressError
+from ..tasks import CLASSIFICATION, Task, get_task
 from ..typed_files import problem_line
 from .report_model import FORMAT, validate_report_json
 
@@ -74,11 +75,19 @@ def _fmt_speedup(row: dict) -> str:
     return text if row["verdict"] == "faster" else f"{text} {row['verdict']}"
 
 
-def _fmt_fidelity(measured: dict, is_baseline: bool) -> str:
-    """How close a model's outputs are to the baseline's: top-1 agreement for classes, else relative L2."""
+def report_task(report: dict) -> Task:
+    """The task of the report's models (one for all; classification in reports that do not say)."""
+    return get_task(next((m["task"] for m in report["models"] if m.get("task")), None))
+
+
+def _fmt_fidelity(measured: dict, is_baseline: bool, task: Task = CLASSIFICATION) -> str:
+    """How close a model's outputs are to the baseline's: top-1 agreement for classes, the label decisions
+    kept for a multi-label model, else relative L2."""
     if is_baseline:
         return "–"
     if measured.get("agreement_with_baseline") is not None:
+        if task.name == "multilabel":
+            return f"labels kept {100 * measured['agreement_with_baseline']:.2f}%"
         return f"agrees {100 * measured['agreement_with_baseline']:.2f}%"
     distance = measured.get("fidelity_to_baseline")
     return "–" if distance is None else f"rel. L2 {distance['relative_l2']:.4f}"
@@ -108,19 +117,69 @@ def _fmt_placement(placement: dict[str, int] | None) -> str:
     return f"{total - on_cpu} of {total}" + (f" ({on_cpu} on CPU)" if on_cpu else "")
 
 
+def _metric_value(task: Task, name: str, value: float | None) -> str:
+    """A metric in a table cell: fractions in percent (the heading says %), others to 4 significant digits."""
+    if value is None:
+        return "–"
+    return f"{100 * value:.2f}" if name in task.percent else f"{value:#.4g}".rstrip(".")
+
+
+def metric_change(task: Task, loss_points: float) -> float:
+    """The change of the primary metric against the baseline's, signed as the metric moves (mAP points
+    up or down; RMSE percent up or down), from ``metric_loss_points`` (positive: worse)."""
+    return (-loss_points if task.higher_is_better else loss_points) + 0.0  # + 0.0: no "-0.00"
+
+
+def change_unit(task: Task) -> str:
+    """What :func:`metric_change` counts: points of a fraction, else percent of the baseline's value."""
+    return "pts" if task.metric in task.percent else "%"
+
+
+WORSE = "worse than baseline"
+
+
+def _fmt_change(task: Task, loss_points: float) -> str:
+    """``(-1.30, worse than baseline)``: the primary metric's change, and whether that is worse."""
+    change = f"{metric_change(task, loss_points):+.2f}" + ("%" if change_unit(task) == "%" else "")
+    return f"({change}, {WORSE})" if loss_points > 0 else f"({change})"
+
+
+def _metric_cells(task: Task, m: dict, measured: dict) -> list[str]:
+    """The quality columns of one model x provider: top-1 (with its change) for a classifier; else each of
+    the task's metrics, the primary with its change against the baseline."""
+    if task is CLASSIFICATION:
+        delta = measured["accuracy_delta_points"]
+        top1 = "–" if measured["top1"] is None else f"{100 * measured['top1']:.2f}"
+        if not m["baseline"] and delta is not None:
+            top1 += f" ({delta:+.2f})"
+        return [top1]
+    metrics = measured.get("metrics") or {}
+    cells = [_metric_value(task, name, metrics.get(name)) for name in task.metrics]
+    loss = measured.get("metric_loss_points")
+    if not m["baseline"] and loss is not None:
+        cells[0] += f" {_fmt_change(task, loss)}"
+    return cells
+
+
+def _metric_headings(task: Task) -> list[str]:
+    """``top-1 % (Δ pts)``; ``mAP % (Δ pts)``, ``micro-F1 %``...; ``RMSE (Δ %)``, ``MAE``, ``R²``."""
+    if task is CLASSIFICATION:
+        return ["top-1 % (Δ pts)"]
+    names = [task.metric_title(n) + (" %" if n in task.percent else "") for n in task.metrics]
+    names[0] += f" (Δ {change_unit(task)})"
+    return names
+
+
 def table_rows(report: dict) -> list[list[str]]:
     """One row per model x provider x batch size x threads, for the terminal, Markdown and HTML; with GPU
     providers, the nodes each ran on the GPU beside the provider."""
     models = {m["name"]: m for m in report["models"]}
     gpu = _on_gpu(report)
+    task = report_task(report)
     rows = []
     for r in report["rows"]:
         m = models[r["model"]]
         acc = m["providers"][r["provider"]]
-        delta = acc["accuracy_delta_points"]
-        top1 = "–" if acc["top1"] is None else f"{100 * acc['top1']:.2f}"
-        if not m["baseline"] and delta is not None:
-            top1 += f" ({delta:+.2f})"
         paired = r.get("baseline_p50_ms")
         rows.append(
             [
@@ -132,8 +191,8 @@ def table_rows(report: dict) -> list[list[str]]:
                 f"{m['params']:,}" if m["params"] else "–",
                 _fmt_count(m["macs"]),
                 f"{m['size_bytes'] / 1024:.0f}",
-                top1,
-                _fmt_fidelity(acc, m["baseline"]),
+                *_metric_cells(task, m, acc),
+                _fmt_fidelity(acc, m["baseline"], task),
                 f"{r['p50_ms']:.3f}",
                 f"{r['p90_ms']:.3f}",
                 f"{r['p99_ms']:.3f}",
@@ -161,7 +220,7 @@ def header(report: dict) -> list[str]:
         "params",
         "MACs",
         "KiB",
-        "top-1 % (Δ pts)",
+        *_metric_headings(report_task(report)),
         "vs baseline",
         "p50 ms",
         "p90 ms",
@@ -229,10 +288,17 @@ def _machine_lines(report: dict) -> list[str]:
     return lines
 
 
+def _title(report: dict) -> str:
+    """``Latency and accuracy`` for classifiers; ``Latency and mAP``, ``Latency and RMSE`` for others."""
+    task = report_task(report)
+    return "Latency and accuracy" if task is CLASSIFICATION else f"Latency and {task.metric_title(task.metric)}"
+
+
 def markdown(report: dict) -> str:
     rows, names = table_rows(report), header(report)
+    task = report_task(report)
     lines = [
-        f"## Latency and accuracy against `{report['baseline']}`",
+        f"## {_title(report)} against `{report['baseline']}`",
         "",
         f"Created {report['created']}.",
         "",
@@ -247,6 +313,7 @@ def markdown(report: dict) -> str:
         PAIRING_NOTE,
         "",
         "A speed-up whose interval contains 1 is marked *within noise*: no difference was shown.",
+        *([] if task is CLASSIFICATION else ["", _metric_note(task)]),
         "",
         *_model_notes(report),
         "",
@@ -254,8 +321,39 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _metric_note(task: Task) -> str:
+    """What the quality columns of a multi-label or regression report mean."""
+    primary = task.metric_title(task.metric)
+    better = "higher" if task.higher_is_better else "lower"
+    if change_unit(task) == "pts":
+        change = "its change against the baseline's in percentage points"
+    else:
+        change = f"its change against the baseline's in percent of the baseline's {primary}"
+    note = (
+        f"Task {task.name}: metrics on the test split ({', '.join(map(task.metric_title, task.metrics))}); "
+        f"{primary} decides ({better} is better), in brackets {change}."
+    )
+    if task.name == "multilabel":
+        note += " A label counts as predicted when its logit is at least 0 (sigmoid 0.5)."
+    return note
+
+
+def _metric_against_baseline(task: Task, loss: float, base: float | None) -> str:
+    """``RMSE 6.62% higher than the baseline's 42.3: worse than the baseline``."""
+    primary = task.metric_title(task.metric)
+    change = metric_change(task, loss)
+    if change == 0:
+        return f"{primary} the same as the baseline's"
+    direction = "higher" if change > 0 else "lower"
+    amount = f"{abs(change):.2f} points" if change_unit(task) == "pts" else f"{abs(change):.2f}%"
+    verdict = "worse than the baseline" if loss > 0 else "better than the baseline"
+    return f"{primary} {amount} {direction} than the baseline's {task.format(task.metric, base)}: {verdict}"
+
+
 def _model_notes(report: dict) -> list[str]:
     lines = []
+    task = report_task(report)
+    base_model = next(m for m in report["models"] if m["baseline"])
     for m in report["models"]:
         how = m.get("preprocessing")
         if how:
@@ -269,13 +367,23 @@ def _model_notes(report: dict) -> list[str]:
         else:
             lines.append(f"- `{m['name']}`: test data `{m['data']}`, fed as stored.")
         if m.get("accuracy_not_measured"):
-            lines.append(f"- `{m['name']}`: **accuracy not measured**: {m['accuracy_not_measured']}.")
+            what = "accuracy not measured" if task is CLASSIFICATION else "metrics not measured"
+            lines.append(f"- `{m['name']}`: **{what}**: {m['accuracy_not_measured']}.")
         for provider, p in m["providers"].items():
             extra = []
             if p["top5"] is not None:
                 extra.append(f"top-5 {100 * p['top5']:.2f}%")
+            if task is not CLASSIFICATION and p.get("metrics"):
+                extra.append(task.describe(p["metrics"]))
+                loss = p.get("metric_loss_points")
+                if loss is not None and not m["baseline"]:
+                    base = ((base_model["providers"].get(provider) or {}).get("metrics") or {}).get(task.metric)
+                    extra.append(_metric_against_baseline(task, loss, base))
             if p.get("agreement_with_baseline") is not None and not m["baseline"]:
-                extra.append(f"agrees with the baseline on {100 * p['agreement_with_baseline']:.2f}%")
+                if task.name == "multilabel":
+                    extra.append(f"keeps {100 * p['agreement_with_baseline']:.2f}% of the baseline's label decisions")
+                else:
+                    extra.append(f"agrees with the baseline on {100 * p['agreement_with_baseline']:.2f}%")
             distance = p.get("fidelity_to_baseline")
             if distance is not None:
                 extra.append(
@@ -297,8 +405,11 @@ def _model_notes(report: dict) -> list[str]:
     return lines
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both latency (lower) and accuracy (higher)."""
+def pareto_front(points: list[tuple[float, float]], higher_is_better: bool = True) -> list[int]:
+    """Indices of the points no other point beats on both latency (lower) and quality: higher, or with
+    ``higher_is_better`` False (an error such as RMSE) lower."""
+    if not higher_is_better:
+        points = [(lat, -q) for lat, q in points]
     front = []
     for i, (lat, acc) in enumerate(points):
         dominated = any(
@@ -339,12 +450,25 @@ class _Quality:
 def _quality(report: dict) -> _Quality:
     measured = [p for m in report["models"] for p in m["providers"].values()]
     others = [p for m in report["models"] if not m["baseline"] for p in m["providers"].values()]
-    if all(p["top1"] is not None for p in measured):
+    task = report_task(report)
+    if task is not CLASSIFICATION:
+        metric, title = task.metric, task.metric_title(task.metric)
+        if all((p.get("metrics") or {}).get(metric) is not None for p in measured):
+            scale = 100 if metric in task.percent else 1
+            unit = ", %" if metric in task.percent else " (target units)"
+            return _Quality(
+                title,
+                f"{title}{unit}, {'higher' if task.higher_is_better else 'lower'} is better",
+                lambda m, provider, i: scale * m["providers"][provider]["metrics"][metric],
+                higher_is_better=task.higher_is_better,
+            )
+    elif all(p["top1"] is not None for p in measured):
         return _Quality("Accuracy", "top-1 accuracy, %", lambda m, provider, i: 100 * m["providers"][provider]["top1"])
     if all(p.get("agreement_with_baseline") is not None for p in measured):
+        kept = "label decisions kept from" if task.name == "multilabel" else "top-1 agreement with"
         return _Quality(
             "Agreement with the baseline",
-            "top-1 agreement with the baseline, %",
+            f"{kept} the baseline, %",
             lambda m, provider, i: 100 * m["providers"][provider]["agreement_with_baseline"],
         )
     if others and all(p.get("fidelity_to_baseline") is not None for p in others):
@@ -416,7 +540,7 @@ def _panel(ax: Any, rows: list[dict], models: dict[str, dict], quality: _Quality
             zorder=3,
         )
         points.append((r["p50_ms"], accuracy))
-    front = pareto_front([(lat, q if quality.higher_is_better else -q) for lat, q in points])
+    front = pareto_front(points, quality.higher_is_better)
     if len(front) > 1:
         ax.plot(
             [points[i][0] for i in front],
@@ -459,18 +583,21 @@ def html_page(report: dict, png: bytes) -> str:
     notes = "".join(f"<li>{_inline_html(line[2:])}</li>" for line in _model_notes(report))
     table = cells(header(report), "th") + "".join(cells(r, "td") for r in table_rows(report))
     image = base64.b64encode(png).decode("ascii")
+    task = report_task(report)
+    metric_note = "" if task is CLASSIFICATION else f"\n<p>{html.escape(_metric_note(task))}</p>"
+    quality = "accuracy" if task is CLASSIFICATION else _quality(report).title
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>compress bench: {html.escape(report["baseline"])}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}
 table{{border-collapse:collapse;font-size:14px}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
 th{{background:#f3f3f3}}td:first-child,td:nth-child(2){{text-align:left}}</style></head>
-<body><h1>Latency and accuracy against {html.escape(report["baseline"])}</h1>
+<body><h1>{html.escape(_title(report))} against {html.escape(report["baseline"])}</h1>
 <p>Created {html.escape(report["created"])}.</p><ul>{machine}</ul>
 <table>{table}</table>
 <p>{html.escape(PAIRING_NOTE)}</p>
-<p>A speed-up whose interval contains 1 is marked <em>within noise</em>: no difference was shown.</p>
+<p>A speed-up whose interval contains 1 is marked <em>within noise</em>: no difference was shown.</p>{metric_note}
 <ul>{notes}</ul>
-<img id="plot" alt="accuracy against p50 latency" src="data:image/png;base64,{image}">
+<img id="plot" alt="{html.escape(quality)} against p50 latency" src="data:image/png;base64,{image}">
 </body></html>
 """
 

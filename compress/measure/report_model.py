@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from ..tasks import TASKS, TaskName, get_task
 from ..typed_files import IsoDatetime
 
 FORMAT = "compress-bench-report/1"
@@ -124,8 +125,11 @@ class OutputDistance(_Strict):
     max_abs_diff: Annotated[float, Field(ge=0)]
 
 
+MetricName = Literal[tuple(dict.fromkeys(name for task in TASKS.values() for name in task.metrics))]
+
+
 class ProviderResult(_Strict):
-    """One model on one execution provider: start-up, accuracy on the test split, memory."""
+    """One model on one execution provider: start-up, the task's metrics on the test split, memory."""
 
     session_create_s: Seconds
     first_run_s: Seconds = Field(
@@ -133,20 +137,35 @@ class ProviderResult(_Strict):
         "sizes the outputs, then the capture)."
     )
     top1: Fraction | None = Field(
-        description="Null when accuracy was not measured: no labels (see the model's accuracy_not_measured), "
-        "or a first output that gives no classes."
+        description="A classifier's top-1 accuracy; null when accuracy was not measured: no labels (see the "
+        "model's accuracy_not_measured), or a first output that gives no classes; always null for other tasks."
     )
     top5: Fraction | None = Field(description="Null when the model has at most 5 classes, or no top-1.")
+    metrics: dict[MetricName, float | None] | None = Field(
+        None,
+        description="Every metric of the model's task on the test split, in the targets' units, as "
+        "compress.tasks gives them (classification: accuracy; multilabel: map, micro_f1, macro_f1; regression: "
+        "rmse, mae, r2); a metric undefined on these targets is null; the whole is null when not measured (see "
+        "the model's accuracy_not_measured), and absent in reports that do not say.",
+    )
     test_samples: Count
     agreement_with_baseline: Fraction | None = Field(
-        description="Share of test samples with the baseline's top-1 class; null when their inputs differ or "
-        "the output gives no classes."
+        description="Classification: share of test samples with the baseline's top-1 class; multilabel: share "
+        "of (sample, label) decisions (logit >= 0) the same as the baseline's; null for regression, when their "
+        "inputs differ or the output gives no classes."
     )
     fidelity_to_baseline: OutputDistance | None = Field(
         None, description="The first output against the baseline's on the same inputs; null where they differ."
     )
     accuracy_delta_points: float | None = Field(
         ge=-100, le=100, description="top-1 minus the baseline's, in points; null when either is not measured."
+    )
+    metric_loss_points: float | None = Field(
+        None,
+        description="How much worse than the baseline's the task's primary metric is (positive: worse, negative: "
+        "better): points lost for a fraction (accuracy, mAP: 100 x (baseline - model)), else the rise of the "
+        "error in percent of the baseline's (RMSE: 100 x (model - baseline) / baseline); null when either is "
+        "not measured, and absent in reports that do not say.",
     )
     placement: dict[str, Annotated[int, Field(ge=0)]] | None = Field(
         description="Nodes run by each onnxruntime provider; null on the CPU provider."
@@ -175,6 +194,11 @@ class ModelEntry(_Strict):
     macs: Annotated[int, Field(ge=0)] | None
     stage: str | None = Field(description="The compress stage that wrote the model; null without a manifest.")
     baseline: bool
+    task: TaskName | None = Field(
+        None,
+        description="What the model's outputs are, deciding its metrics: classification, multilabel or regression; "
+        "absent in reports that do not say (classification).",
+    )
     data: str = Field(description="The data spec the accuracy was measured on, or 'synthetic inputs'.")
     # optional fields: reports of earlier compress versions, of the same format, lack them
     preprocessing: Literal["manifest", "fit", "scale", "raw"] | None = Field(
@@ -182,11 +206,31 @@ class ModelEntry(_Strict):
         description="How its inputs were normalised: as its manifest records, or by --preprocessing (a model "
         "without a manifest); null for arrays fed as stored and synthetic inputs, and in reports that do not say.",
     )
-    accuracy_not_measured: str | None = Field(None, description="Why, when no accuracy could be measured.")
+    accuracy_not_measured: str | None = Field(
+        None, description="Why, when no accuracy (the task's metrics) could be measured."
+    )
     synthetic_inputs: list[SyntheticInput] | None = Field(
         None, description="Without data: each input and how its values were drawn."
     )
     providers: dict[Provider, ProviderResult] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _metrics_of_its_task(self) -> ModelEntry:
+        task = get_task(self.task)
+        for provider, result in self.providers.items():
+            if result.metrics is not None and set(result.metrics) != set(task.metrics):
+                raise PydanticCustomError(
+                    "metrics",
+                    "providers.{provider}.metrics: a {task} model's metrics are {expected}",
+                    {"provider": provider, "task": task.name, "expected": ", ".join(task.metrics)},
+                )
+            if task.name != "classification" and (result.top1 is not None or result.accuracy_delta_points is not None):
+                raise PydanticCustomError(
+                    "metrics",
+                    "providers.{provider}: top1 and accuracy_delta_points are a classifier's; null for a {task} model",
+                    {"provider": provider, "task": task.name},
+                )
+        return self
 
 
 class Row(_Strict):
@@ -262,6 +306,12 @@ class Report(_Strict):
             models[m.name] = m
         if self.baseline not in models:
             raise problem(f"baseline: {self.baseline!r} is not one of the models")
+        tasks = [get_task(m.task).name for m in self.models]
+        for i, task in enumerate(tasks):
+            if task != tasks[0]:
+                raise problem(
+                    f"models[{i}].task: {task!r}, but models[0] is {tasks[0]!r}; a report holds models of one task"
+                )
         for i, m in enumerate(self.models):
             if m.baseline != (m.name == self.baseline):
                 raise problem(

@@ -2,9 +2,11 @@
 
 For every provider, batch size and thread count, each model is timed in rounds alternating
 with the baseline (only that pair of sessions alive), so the speed-up and its interval come from
-one interleaved measurement. Accuracy is measured on the test split through ONNX Runtime where the
-first output gives classes and there are labels; otherwise the outputs are compared with the
-baseline's, and without data every model runs on synthetic inputs drawn from its signature.
+one interleaved measurement. The task's metrics (top-1/top-5 accuracy for a classifier; mAP and
+F1 for a multi-label model; RMSE, MAE and R² for a regressor: see :mod:`compress.tasks`) are
+measured on the test split through ONNX Runtime where the first output fits the targets; the
+outputs are also compared with the baseline's, and without data every model runs on synthetic
+inputs drawn from its signature. Models of different tasks are not benched together.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..measure.report import REPORT_FILES, write_report
 from ..measure.runner import PROVIDERS, check_gpu, first_run_s, load, make_call, node_placement, peak_memory_mb
 from ..measure.stats import median_ci, speedup_ci, verdict
 from ..onnx_io import OptimizationLevel, load_any, model_info
+from ..tasks import CLASSIFICATION, Task
 from .base import RANGES_HELP, SHAPES_HELP, Cli, InputRanges, InputShapes, Shortcut, Stage, StageConfig
 from .train import DATA_HELP, MAX_BATCH, MAX_SAMPLES, MAX_THREADS
 
@@ -180,6 +183,7 @@ def measure(config: BenchConfig) -> dict[str, Any]:
         # one run before any measuring: a model that fails here stops here
         model.run(data.test.batch(max(config.batch_sizes)))
         models[path] = {"manifest": manifest, "data": data, "name": _name(path, paths)}
+    _one_task(models, baseline)
     if "cuda-graph" in providers:  # a model onnxruntime cannot capture stops the run before anything is timed
         for path, info in models.items():
             graph = load(path, "cuda-graph", max(config.threads), config.optimization)
@@ -197,11 +201,11 @@ def measure(config: BenchConfig) -> dict[str, Any]:
             largest = x.batch(max(config.batch_sizes))
             first = first_run_s(loaded, largest, config.include_copies)
             outputs[path] = loaded.runner.predict(x)[0]
-            accuracy = _accuracy(outputs[path], y)
-            if y is not None and accuracy["top1"] is None:
-                entries[path]["accuracy_not_measured"] = (
-                    f"its first output, {loaded.runner.outputs[0].name!r} of shape {list(outputs[path].shape)}, gives "
-                    f"no scores of the {len(info['data'].labels or [])} classes the labels of {info['data'].spec} name"
+            task = info["task"]
+            accuracy = _accuracy(outputs[path], y, task)
+            if y is not None and accuracy["metrics"] is None:
+                entries[path]["accuracy_not_measured"] = _why_not_measured(
+                    loaded.runner.outputs[0].name, outputs[path], y, info["data"], task
                 )
             placement = None
             if provider != "cpu":
@@ -218,9 +222,11 @@ def measure(config: BenchConfig) -> dict[str, Any]:
             record = entries[path]["providers"][provider]
             base_record = entries[baseline]["providers"][provider]
             same_inputs = models[path]["data"].fingerprint == models[baseline]["data"].fingerprint
-            record.update(_against_baseline(outputs[path], outputs[baseline], same_inputs, path == baseline))
+            task = models[path]["task"]
+            record.update(_against_baseline(outputs[path], outputs[baseline], same_inputs, path == baseline, task))
             both = record["top1"] is not None and base_record["top1"] is not None
             record["accuracy_delta_points"] = 100 * (record["top1"] - base_record["top1"]) if both else None
+            record["metric_loss_points"] = _loss_points(task, base_record["metrics"], record["metrics"])
         for threads in config.threads:
             for batch_size in config.batch_sizes:
                 log(f"{provider}: batch {batch_size}, {threads} thread(s)")
@@ -271,10 +277,11 @@ def _describe(path: Path, info: dict, baseline: Path, config: BenchConfig) -> di
         "macs": model.get("macs"),
         "stage": manifest.get("stage"),
         "baseline": path == baseline,
+        "task": info["task"].name,
         "data": data.describe(),
         # load_dataset_for's rule: a manifest's record wins over --preprocessing
         "preprocessing": _fed(data, manifest, config),
-        "accuracy_not_measured": _why_no_accuracy(data),
+        "accuracy_not_measured": _why_no_accuracy(data, info["task"]),
         "synthetic_inputs": data.inputs,
         "providers": {},
     }
@@ -288,12 +295,58 @@ def _fed(data: ModelData, manifest: dict, config: BenchConfig) -> str | None:
     return "manifest" if manifest.get("preprocessing") else config.preprocessing
 
 
-def _why_no_accuracy(data: ModelData) -> str | None:
-    if data.kind == "synthetic":
-        return "no data: latency only, on synthetic inputs (pass --data for accuracy)"
-    if data.y_test is None:
-        return f"{data.spec} has no labels (an array named y)"
+def _one_task(models: dict[Path, dict], baseline: Path) -> None:
+    """Set each model's task (``info["task"]``): its own where it is known (recorded in its manifest, or
+    that of the targets it is measured on); a model of unknown task (no record, no targets) is judged as
+    the others are. CompressError when two models are of different tasks: their metrics do not compare."""
+    known = {path: _known_task(info) for path, info in models.items()}
+    # the baseline first: a conflict names it
+    order = sorted((p for p in models if known[p] is not None), key=lambda p: p != baseline)
+    for path in order[1:]:
+        first = order[0]
+        if known[path] is not known[first]:
+            role = " (the baseline)" if first == baseline else ""
+            raise CompressError(
+                f"{models[first]['name']}{role} is a {known[first].name} model but {models[path]['name']} is a "
+                f"{known[path].name} model; their metrics do not compare, so bench models of one task together"
+            )
+    common = known[order[0]] if order else CLASSIFICATION
+    for path, info in models.items():
+        info["task"] = known[path] or common
+
+
+def _known_task(info: dict) -> Task | None:
+    """A model's task when something says it: its manifest's record, or the targets it is measured on."""
+    data: ModelData = info["data"]
+    if (info["manifest"] or {}).get("task") or data.y_test is not None:
+        return data.task
     return None
+
+
+def _why_no_accuracy(data: ModelData, task: Task = CLASSIFICATION) -> str | None:
+    if data.kind == "synthetic":
+        measured = "accuracy" if task is CLASSIFICATION else "its metrics"
+        return f"no data: latency only, on synthetic inputs (pass --data for {measured})"
+    if data.y_test is None:
+        targets = "labels" if task is CLASSIFICATION else "targets"
+        return f"{data.spec} has no {targets} (an array named y)"
+    return None
+
+
+def _why_not_measured(name: str, output: np.ndarray, y: np.ndarray, data: ModelData, task: Task) -> str:
+    """Why the first output could not be scored against the targets there are."""
+    shape = list(output.shape)
+    if task is CLASSIFICATION:
+        return (
+            f"its first output, {name!r} of shape {shape}, gives no scores of the {len(data.labels or [])} "
+            f"classes the labels of {data.spec} name"
+        )
+    what = "logits of the" if task.name == "multilabel" else "values of the"
+    kind = "labels" if task.name == "multilabel" else "targets"
+    return (
+        f"its first output, {name!r} of shape {shape}, does not give the {what} {y.shape[1]} {kind} of "
+        f"{data.spec} per sample (a float array of shape [N, {y.shape[1]}])"
+    )
 
 
 def _say_cpu_nodes(name: str, provider: str, placement: dict[str, int]) -> None:
@@ -327,31 +380,74 @@ def _test_split(data: ModelData, limit: int | None) -> tuple[Samples, np.ndarray
     return data.test.rows(slice(0, limit)), y
 
 
-def _accuracy(output: np.ndarray, y: np.ndarray | None) -> dict[str, Any]:
-    """Top-1 and top-5 of the first output when it gives classes and there are labels, else None."""
+def _accuracy(output: np.ndarray, y: np.ndarray | None, task: Task = CLASSIFICATION) -> dict[str, Any]:
+    """The task's metrics of the first output against the targets (None without targets, or an output that
+    does not fit them); for a classifier also top-1 and top-5 (else None)."""
+    if task is not CLASSIFICATION:
+        fitting = _fitting(output, y)
+        metrics = None if fitting is None else _finite_or_none(task.measure(fitting, y))
+        return {"top1": None, "top5": None, "metrics": metrics, "test_samples": int(len(output))}
     top1 = classifier_accuracy(output, y)
     top5 = None
     if top1 is not None and output.shape[1] > 5:
         best5 = np.argpartition(-output, 5, axis=1)[:, :5]
         top5 = float((best5 == y[:, None]).any(axis=1).mean())
-    return {"top1": top1, "top5": top5, "test_samples": int(len(output))}
+    metrics = None if top1 is None else {"accuracy": top1}
+    return {"top1": top1, "top5": top5, "metrics": metrics, "test_samples": int(len(output))}
 
 
-def _against_baseline(output: np.ndarray, base: np.ndarray, same_inputs: bool, is_baseline: bool) -> dict[str, Any]:
-    """The first output against the baseline's on the same inputs: top-1 agreement (classes) and how far
-    the values moved; None where the inputs or the output shapes differ."""
+def _fitting(output: np.ndarray, y: np.ndarray | None) -> np.ndarray | None:
+    """A multi-label or regression output as (N, K) floats beside targets (N, K); None when it does not fit."""
+    if y is None or not len(y) or output.dtype.kind != "f" or len(output) != len(y) or output.size != y.size:
+        return None
+    if output.ndim == 2 or (output.ndim == 1 and y.shape[1] == 1):  # (N,): one value per sample
+        return output.reshape(y.shape)
+    return None
+
+
+def _finite_or_none(metrics: dict[str, float]) -> dict[str, float | None]:
+    """NaN (undefined, e.g. R² of one sample) and inf as None: JSON has neither."""
+    return {k: (float(v) if v is not None and np.isfinite(v) else None) for k, v in metrics.items()}
+
+
+def _loss_points(task: Task, base: dict | None, metrics: dict | None) -> float | None:
+    """How much worse than the baseline the primary metric is, in the task's points (positive: worse);
+    None where either is not measured or the figure is not finite (an RMSE rise over a baseline of 0)."""
+    if not base or not metrics or base.get(task.metric) is None or metrics.get(task.metric) is None:
+        return None
+    loss = task.loss_points(base, metrics)
+    return float(loss) if np.isfinite(loss) else None
+
+
+def _against_baseline(
+    output: np.ndarray, base: np.ndarray, same_inputs: bool, is_baseline: bool, task: Task = CLASSIFICATION
+) -> dict[str, Any]:
+    """The first output against the baseline's on the same inputs: the agreement (a classifier's top-1
+    class; a multi-label model's label decisions; none for regression) and how far the values moved; None
+    where the inputs or the output shapes differ."""
+    agrees = _agrees(output, task)
     if is_baseline or not same_inputs or output.shape != base.shape:
-        agreement = 1.0 if is_baseline and gives_classes(output) else None
-        return {"agreement_with_baseline": agreement, "fidelity_to_baseline": None}
-    found = compare_outputs(base, output)
+        return {"agreement_with_baseline": 1.0 if is_baseline and agrees else None, "fidelity_to_baseline": None}
+    found = compare_outputs(base, output, None if task is CLASSIFICATION else task.name)
     distance = {k: found[k] for k in ("cosine", "relative_l2", "max_abs_diff")}
     if not all(np.isfinite(v) for v in distance.values()):
         logging.getLogger(__name__).warning("outputs of inf or NaN: their distance to the baseline is not reported")
         distance = None
-    return {
-        "agreement_with_baseline": found["top1_agreement"] if gives_classes(output) else None,
-        "fidelity_to_baseline": distance,
-    }
+    agreement = None
+    if agrees and task.name == "multilabel":
+        changed = found.get("decisions_changed")
+        agreement = None if changed is None or not np.isfinite(changed) else 1.0 - changed
+    elif agrees:
+        agreement = found["top1_agreement"]
+    return {"agreement_with_baseline": agreement, "fidelity_to_baseline": distance}
+
+
+def _agrees(output: np.ndarray, task: Task) -> bool:
+    """Whether an agreement with the baseline is given for ``output``: a classifier's classes, a multi-label
+    model's float logits (label decisions); never for a regressor."""
+    if task.name == "multilabel":
+        return output.dtype.kind == "f"
+    return task is CLASSIFICATION and gives_classes(output)
 
 
 def _time_group(
@@ -457,7 +553,7 @@ STAGE = Stage(
             nargs=2,
         ),
     ),
-    help="""Latency and accuracy of ONNX models against a baseline, written up as a report.
+    help="""Latency and accuracy (or the task's metrics) of ONNX models against a baseline, written up as a report.
 
     \b
     Examples:
