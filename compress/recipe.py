@@ -33,7 +33,7 @@ from typing import Any, get_args
 
 from .artifacts import manifest_path, read_manifest
 from .data import PreprocessingChoice
-from .data.sources import source_location
+from .data.sources import BUILT_IN_SOURCES, PATH_SOURCES, SOURCE_FORMS, source_paths
 from .errors import CompressError
 from .stages import STAGES
 from .stages.base import StageConfig, build, settable, type_word
@@ -310,32 +310,27 @@ def _expand(value: str, where: _Locator, table: str | None, key: str) -> str:
 
 
 def _check_data(spec: str, where: _Locator) -> None:
-    """The data source names a known kind, and its file or folder exists (read later, by each stage)."""
+    """The data source names a known kind, and its files or folders exist (read later, by each stage)."""
     kind, sep, location = spec.partition(":")
-    if kind == "digits" and not sep:
+    if kind in BUILT_IN_SOURCES and not sep:
         return
-    if kind not in ("mnist", "fashion-mnist", "npz", "folder") or not location:
-        raise where.error(
-            None,
-            "data",
-            f"data {spec!r} is not a data source; use digits, mnist:DIR, fashion-mnist:DIR, npz:FILE or folder:DIR",
-        )
+    if kind not in PATH_SOURCES or not location:
+        raise where.error(None, "data", f"data {spec!r} is not a data source; use {SOURCE_FORMS}")
     try:
-        location = source_location(spec)
+        paths = source_paths(spec)
     except CompressError as exc:
         raise where.error(None, "data", f"data {spec!r}: {exc}") from None
-    if not Path(location).expanduser().exists():
-        raise where.error(None, "data", f"data {spec!r}: {location} does not exist; check the path (or pass --data)")
+    for path in paths:
+        if not path.exists():
+            raise where.error(None, "data", f"data {spec!r}: {path} does not exist; check the path (or pass --data)")
 
 
 def data_files(spec: str) -> list[Path]:
-    """The files a data source reads, for hashing (none for the built-in digits)."""
-    if ":" not in spec:
-        return []
-    root = Path(source_location(spec)).expanduser()
-    if root.is_file():
-        return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file())
+    """The files a data source reads, for hashing (none for a built-in source)."""
+    files = []
+    for root in source_paths(spec):
+        files += [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return files
 
 
 class _Locator:

@@ -392,3 +392,15 @@ def test_the_training_summary_names_the_task_metrics(tmp_path, capsys):
         *("--device", "cpu", "--out", str(tmp_path / "r.pt")),
     )
     assert status == 0 and "model: test RMSE" in out and "R²" in out
+
+
+def test_a_recipe_hashes_a_tables_test_file_too(tmp_path):
+    from compress.recipe import data_files
+
+    write_table(tmp_path / "train.csv", [["a", "y"], [1, 2]])
+    write_table(tmp_path / "test.csv", [["a", "y"], [3, 4]])
+    assert data_files(f"csv:{tmp_path / 'train.csv'}?target=y&test=test.csv") == [
+        tmp_path / "train.csv",
+        tmp_path / "test.csv",
+    ]
+    assert data_files("diabetes") == []

@@ -124,11 +124,31 @@ class FolderOptions:
     channels: str | None = None  # rgb, bgr or gray; None: gray when every image is, else rgb
 
 
+SOURCE_FORMS = "digits, diabetes, mnist:DIR, fashion-mnist:DIR, npz:FILE, csv:FILE, tsv:FILE, folder:DIR"
+BUILT_IN_SOURCES = ("digits", "diabetes")
+PATH_SOURCES = ("mnist", "fashion-mnist", "npz", "csv", "tsv", "folder")
+
+
 def source_location(spec: str) -> str:
-    """The path part of a ``--data`` string ('' for digits): a folder source's ``?options`` are
+    """The path part of a ``--data`` string ('' for a built-in source): a folder's or a table's ``?options`` are
     removed (and checked, CompressError if bad); other sources' paths are returned as written."""
     name, _, location = spec.partition(":")
-    return _split_folder_options(location)[0] if name == "folder" else location
+    if name == "folder":
+        return _split_folder_options(location)[0]
+    return _split_table_options(location)[0] if name in ("csv", "tsv") else location
+
+
+def source_paths(spec: str) -> list[Path]:
+    """The files and folders a ``--data`` string reads: its location, and a table's test file."""
+    if spec.partition(":")[0] in BUILT_IN_SOURCES:
+        return []
+    location = Path(source_location(spec)).expanduser()
+    name, _, rest = spec.partition(":")
+    test = _split_table_options(rest)[1].test if name in ("csv", "tsv") else None
+    if test is None:
+        return [location]
+    test_path = Path(test).expanduser()
+    return [location, test_path if test_path.is_absolute() else location.parent / test_path]
 
 
 def _split_folder_options(location: str) -> tuple[str, FolderOptions]:
@@ -178,10 +198,7 @@ def read_source(spec: str) -> RawData:
             raise CompressError(f"data source {name!r} takes no path (got {spec!r}); use just --data {name}")
         return _BUILT_IN[name]()
     if name not in _PATH_READERS:
-        raise CompressError(
-            f"unknown data source {name!r} in {spec!r}; valid forms are "
-            "digits, diabetes, mnist:DIR, fashion-mnist:DIR, npz:FILE, csv:FILE, tsv:FILE, folder:DIR"
-        )
+        raise CompressError(f"unknown data source {name!r} in {spec!r}; valid forms are {SOURCE_FORMS}")
     options = None
     if name == "folder":
         location, options = _split_folder_options(location)
@@ -745,7 +762,7 @@ def _require_dir(directory: Path, name: str, expected: str) -> None:
         )
 
 
-_BUILT_IN = {"digits": _read_digits, "diabetes": _read_diabetes}
+_BUILT_IN = {"digits": _read_digits, "diabetes": _read_diabetes}  # the BUILT_IN_SOURCES
 _PATH_READERS = {
     "mnist": _read_idx_dir,
     "fashion-mnist": _read_idx_dir,
