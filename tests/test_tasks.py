@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 import torch
 from sklearn.datasets import load_digits
+from test_cli import run_cli
 
 from compress.artifacts import load_checkpoint, manifest_path
-from compress.cli import main
 from compress.data import load_dataset
 from compress.distillation.losses import soft_sigmoid_bce
 from compress.errors import CompressError
@@ -23,16 +23,6 @@ from compress.tasks import TASKS, infer_task
 
 MULTILABEL, REGRESSION = TASKS["multilabel"], TASKS["regression"]
 LABEL_NAMES = ["even", "five-or-more", "multiple-of-three"]
-
-
-def run_cli(capsys, *args):
-    try:
-        main(list(args))
-        status = 0
-    except SystemExit as exc:
-        status = exc.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def digit_label_sets(digits: np.ndarray) -> np.ndarray:
@@ -294,10 +284,15 @@ def test_regression_export_outputs_the_targets_units(tmp_path, regression_teache
     assert rmse == pytest.approx(recorded["rmse"], rel=1e-4) and 20 < rmse < 100  # progression units, not std units
 
 
+def foreign_onnx(checkpoint, out):
+    """``checkpoint`` exported to ``out`` without its manifest: an ONNX model that records nothing of its task."""
+    export(ExportConfig(checkpoint=str(checkpoint), out=str(out)))
+    manifest_path(out).unlink()
+    return out
+
+
 def test_regression_distils_from_an_onnx_teacher_in_target_units(tmp_path, regression_teacher):
-    teacher_onnx = tmp_path / "t.onnx"
-    export(ExportConfig(checkpoint=str(regression_teacher), out=str(teacher_onnx)))
-    manifest_path(teacher_onnx).unlink()  # a foreign ONNX regressor: outputs in the targets' units, no record
+    teacher_onnx = foreign_onnx(regression_teacher, tmp_path / "t.onnx")  # a regressor predicting target units
     config = DistillConfig(
         teacher=str(teacher_onnx),
         preprocessing="fit",
@@ -335,9 +330,7 @@ def test_a_teacher_whose_outputs_differ_in_width_from_the_targets_is_refused(tmp
     x = (x.reshape(-1, 1, 8, 8) * 16).clip(0, 255).astype(np.uint8)
     sets = np.concatenate([digit_label_sets(y), (y == 0)[:, None].astype(np.uint8)], axis=1)
     np.savez(path, x_train=x[:200], y_train=sets[:200], x_test=x[200:260], y_test=sets[200:260])
-    teacher_onnx = tmp_path / "t.onnx"
-    export(ExportConfig(checkpoint=str(multilabel_teacher), out=str(teacher_onnx)))
-    manifest_path(teacher_onnx).unlink()
+    teacher_onnx = foreign_onnx(multilabel_teacher, tmp_path / "t.onnx")
     config = DistillConfig(
         teacher=str(teacher_onnx),
         preprocessing="fit",
