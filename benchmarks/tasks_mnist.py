@@ -27,7 +27,12 @@ TASKS = Path(__file__).resolve().parent / "tasks"
 
 
 def available() -> list[str]:
-    return sorted(module.name for module in pkgutil.iter_modules([str(TASKS)]))
+    """The section modules: those that define ``run`` (a module of shared code, such as mosaics, is none)."""
+    return sorted(
+        module.name
+        for module in pkgutil.iter_modules([str(TASKS)])
+        if "\ndef run(" in (TASKS / f"{module.name}.py").read_text()
+    )
 
 
 def load(name: str):
