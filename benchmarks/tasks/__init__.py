@@ -8,6 +8,7 @@ import os
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +26,31 @@ def compress(args: list[str], out: Path) -> tuple[dict, str]:
     command = ["compress", *args, "--out", str(out)]
     if not manifest_path(out).exists():
         resume = ["--resume"] if resume_path(out).exists() else []
-        print("$ " + shlex.join(command + resume), flush=True)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        subprocess.run([sys.executable, "-m", *command, *resume], check=True, env=env)
+        run_command(command + resume, check=True)
     return json.loads(manifest_path(out).read_text()), shlex.join(command)
+
+
+def run_command(command: list[str], **options) -> subprocess.CompletedProcess:
+    """``compress ...`` (``command``) printed, then run as ``python -m compress`` with this repository first on
+    the path; ``options`` go to ``subprocess.run``."""
+    print("$ " + shlex.join(command), flush=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", *command], env=env, **options)
+
+
+@dataclass(frozen=True)
+class Net:
+    """A network of a section: its name in tables, its model spec and its KEY=VALUE model arguments."""
+
+    label: str
+    spec: str
+    args: tuple[str, ...]
+
+    def name(self) -> str:
+        return "-".join([self.spec, *(arg.replace("=", "").replace(",", "-") for arg in self.args)])
+
+    def model_args(self, flag: str = "--model-arg") -> list[str]:
+        return [item for arg in self.args for item in (flag, arg)]
+
+    def flags(self) -> list[str]:
+        return ["--model", self.spec, *self.model_args()]

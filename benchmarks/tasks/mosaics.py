@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import REPO, compress
+from . import Net, compress, run_command
 
 TRAIN, TEST = 30_000, 5_000  # mosaics per split
 QUICK_TRAIN, QUICK_TEST = 2_000, 500
@@ -90,19 +90,6 @@ def build(data_dir: str, work: Path, kind: str, quick: bool) -> tuple[Path, str]
     os.replace(temporary, path)
     print(f"wrote {path}", flush=True)
     return path, description
-
-
-@dataclass(frozen=True)
-class Net:
-    label: str
-    spec: str
-    args: tuple[str, ...]  # KEY=VALUE model arguments
-
-    def name(self) -> str:
-        return "-".join([self.spec, *(arg.replace("=", "").replace(",", "-") for arg in self.args)])
-
-    def flags(self, flag: str = "--model-arg") -> list[str]:
-        return ["--model", self.spec, *(item for arg in self.args for item in (flag, arg))]
 
 
 @dataclass(frozen=True)
@@ -227,9 +214,7 @@ def attempt(args: list[str], out: Path, report: bool = False) -> tuple[dict | No
     command = ["compress", *args, "--report" if report else "--out", str(out)]
     if not done.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        print("$ " + shlex.join(command), flush=True)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        result = subprocess.run([sys.executable, "-m", *command], env=env, stderr=subprocess.PIPE, text=True)
+        result = run_command(command, stderr=subprocess.PIPE, text=True)
         sys.stderr.write(result.stderr)
         if result.returncode != 0:
             lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]

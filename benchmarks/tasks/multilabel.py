@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .mosaics import Net, Setup, exploration_table, markdown, section
+from . import Net
+from .mosaics import Setup, exploration_table, markdown, section
 
 SETUP = Setup(
     kind="multilabel",

@@ -13,25 +13,14 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
-from . import compress
+from . import Net, compress
 
 EPOCHS = 4
 SEEDS = (0, 1, 2)
 # (alpha, temperature) of the mutual runs tried on the first seed; the other seeds take the best on validation
 SWEEP = ((0.5, 1.0), (0.5, 4.0))
-
-
-@dataclass(frozen=True)
-class Net:
-    label: str
-    spec: str
-    args: tuple[str, ...]  # KEY=VALUE model arguments
-
-    def name(self) -> str:
-        return "-".join([self.spec, *(arg.replace("=", "").replace(",", "-") for arg in self.args)])
 
 
 TEACHER = Net("ResNet-8", "resnet8", ())
@@ -46,15 +35,12 @@ def run(data_dir: str, work: Path, quick: bool) -> list[str]:
     teacher, student = (QUICK_TEACHER, QUICK_STUDENT) if quick else (TEACHER, STUDENT)
     commands: list[str] = []
 
-    def model_args(net: Net, flag: str) -> list[str]:
-        return [item for arg in net.args for item in (flag, arg)]
-
     def common(seed: int) -> list[str]:
         return ["--data", f"mnist:{data_dir}", "--device", "cpu", "--epochs", str(epochs), "--seed", str(seed)]
 
     def trained_alone(net: Net, seed: int) -> dict:
         manifest, command = compress(
-            ["train", "--model", net.spec, *model_args(net, "--model-arg"), *common(seed)],
+            ["train", "--model", net.spec, *net.model_args("--model-arg"), *common(seed)],
             work / f"{net.name()}-alone-e{epochs}-s{seed}.pt",
         )
         commands.append(command)
@@ -70,12 +56,12 @@ def run(data_dir: str, work: Path, quick: bool) -> list[str]:
                 "--online",
                 "--teacher-model",
                 teacher.spec,
-                *model_args(teacher, "--teacher-model-arg"),
+                *teacher.model_args("--teacher-model-arg"),
                 "--teacher",
                 str(peer_out),
                 "--model",
                 student.spec,
-                *model_args(student, "--model-arg"),
+                *student.model_args("--model-arg"),
                 "--alpha",
                 f"{alpha:g}",
                 "--temperature",
